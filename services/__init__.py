@@ -1,0 +1,1 @@
+"""Tessera services: registry, scheduler, aggregator and worker; each runs as its own process."""

@@ -1,0 +1,127 @@
+"""The aggregator's request handling, between protos and the pure ``JobModel`` (no gRPC)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from services.aggregator.ledger import Ledger
+from services.aggregator.models import Contribution, JobModel, settings_from_spec
+from tessera.common.errors import InvalidSpec, NotFound
+from tessera.v1 import aggregator_pb2, common_pb2
+from tessera.wire.frames import encode_tensors, iter_chunks
+from tessera.wire.stream import assemble, chunks_after_header, metas_from_specs, specs_from_metas
+
+__all__ = ["Aggregator"]
+
+_RECEIPT = aggregator_pb2.ReceiptStatus
+
+
+class Aggregator:
+    """All jobs held by this aggregator, and the ledger of every contribution."""
+
+    def __init__(self, *, max_payload_bytes: int) -> None:
+        self.ledger = Ledger()
+        self._max_payload_bytes = max_payload_bytes
+        self._jobs: dict[str, JobModel] = {}
+        self._lock = threading.Lock()
+
+    def job(self, job_id: str) -> JobModel:
+        """The job's model.
+
+        Raises:
+            NotFound: no such job here.
+        """
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} is not open on this aggregator")
+        return job
+
+    def open_job(self, job_id: str, spec: common_pb2.JobSpec) -> int:
+        """Create the job's model at version 0 (idempotent); return its current version."""
+        if not job_id:
+            raise InvalidSpec("job_id is required")
+        with self._lock:
+            existing = self._jobs.get(job_id)
+        if existing is not None:
+            return existing.version
+        settings = settings_from_spec(
+            spec.model,
+            spec.dataset,
+            spec.hidden_sizes,
+            spec.optimizer,
+            spec.learning_rate,
+            spec.aggregation,
+            spec.tasks_per_round,
+            spec.seed,
+        )
+        job = JobModel(job_id, settings, self.ledger)
+        with self._lock:
+            return self._jobs.setdefault(job_id, job).version
+
+    def close_job(self, job_id: str) -> None:
+        """Forget a job (its ledger entries stay)."""
+        with self._lock:
+            self._jobs.pop(job_id, None)
+
+    def push(self, frames: Iterator[aggregator_pb2.GradientFrame]) -> aggregator_pb2.PushReceipt:
+        """Receive one contribution stream and decide about it.
+
+        Raises:
+            InvalidSpec: the stream is malformed (no header first, bad table, wrong length).
+            NotFound: unknown job.
+            QuotaExceeded: the payload is larger than allowed.
+        """
+        first = next(frames, None)
+        if first is None or first.WhichOneof("frame") != "header":
+            raise InvalidSpec("a gradient stream starts with a ContributionHeader")
+        h = first.header
+        job = self.job(h.job_id)
+        metas = metas_from_specs(h.tensors)
+        c = Contribution(
+            h.job_id, h.round, h.task_index, h.node_id, h.base_version, h.samples, h.loss
+        )
+        reason = job.check_header(c, metas)
+        if reason is not None:
+            self.ledger.reject(c.job_id, c.round, c.task, c.node_id, reason)
+            return aggregator_pb2.PushReceipt(
+                status=_RECEIPT.RECEIPT_STATUS_REJECTED, reason=reason
+            )
+        if job.is_duplicate(c):
+            return aggregator_pb2.PushReceipt(status=_RECEIPT.RECEIPT_STATUS_DUPLICATE)
+        assembler = assemble(metas, chunks_after_header(frames), max_bytes=self._max_payload_bytes)
+        applied, reason = job.add(c, assembler.tensors())
+        if applied:
+            status = _RECEIPT.RECEIPT_STATUS_ACCEPTED
+        elif reason:
+            status = _RECEIPT.RECEIPT_STATUS_REJECTED
+        else:
+            status = _RECEIPT.RECEIPT_STATUS_DUPLICATE
+        return aggregator_pb2.PushReceipt(
+            status=status, reason=reason, bytes_received=assembler.received_bytes
+        )
+
+    def model_frames(self, job_id: str, version: int) -> Iterator[aggregator_pb2.ModelFrame]:
+        """Stream a published model version: a header, then payload chunks."""
+        version, weights = self.job(job_id).snapshot(version)
+        encoded = encode_tensors(weights, "none")
+        header = aggregator_pb2.ModelHeader(
+            job_id=job_id, version=version, tensors=specs_from_metas(encoded.metas)
+        )
+        yield aggregator_pb2.ModelFrame(header=header)
+        for chunk in iter_chunks(encoded.payloads):
+            yield aggregator_pb2.ModelFrame(chunk=chunk)
+
+    def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
+        """Aggregate, step, evaluate; see ``JobModel.close_round``."""
+        result = self.job(job_id).close_round(round_index, num_tasks)
+        return common_pb2.RoundMetrics(
+            round=result.round,
+            model_version=result.model_version,
+            train_loss=result.train_loss,
+            test_loss=result.test_loss,
+            test_accuracy=result.test_accuracy,
+            contributions=result.contributions,
+            seconds=result.seconds,
+        )

@@ -1,0 +1,1 @@
+"""The scheduler service: owns jobs, plans rounds and assigns tasks to nodes."""

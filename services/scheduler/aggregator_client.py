@@ -1,0 +1,49 @@
+"""The scheduler's gRPC client of the aggregator."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+
+from tessera.common.rpc import call_with_retry
+from tessera.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2
+
+__all__ = ["AggregatorClient"]
+
+
+class AggregatorClient:
+    """Opens jobs and closes rounds on one aggregator, retrying transient failures."""
+
+    def __init__(self, address: str, *, stop: threading.Event | None = None) -> None:
+        self.address = address
+        self._channel = grpc.insecure_channel(address)
+        self._stub = aggregator_pb2_grpc.AggregatorStub(self._channel)
+        self._stop = stop or threading.Event()
+
+    def open_job(self, job_id: str, spec: common_pb2.JobSpec) -> int:
+        """Create the job's model (idempotent); return its current version.
+
+        Raises:
+            InvalidSpec: the aggregator rejects the spec (unknown model, dataset, ...).
+            Unavailable: the aggregator cannot be reached.
+        """
+        request = aggregator_pb2.OpenJobRequest(job_id=job_id, spec=spec)
+        response = call_with_retry(lambda: self._stub.OpenJob(request, timeout=60), stop=self._stop)
+        return int(response.model_version)
+
+    def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
+        """Aggregate, step and evaluate the round (safe to retry).
+
+        Raises:
+            Conflict: the aggregator does not hold every contribution of the round.
+            Unavailable: the aggregator cannot be reached.
+        """
+        request = aggregator_pb2.CloseRoundRequest(
+            job_id=job_id, round=round_index, num_tasks=num_tasks
+        )
+        return call_with_retry(lambda: self._stub.CloseRound(request, timeout=60), stop=self._stop)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()

@@ -1,0 +1,58 @@
+"""Per-job progress events that WatchJob streams follow."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from tessera.v1 import scheduler_pb2
+
+__all__ = ["EventLog"]
+
+
+class EventLog:
+    """An append-only list of a job's events; followers block until there is more."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._events: list[scheduler_pb2.JobEvent] = []
+        self._closed = False
+
+    def publish(self, event: scheduler_pb2.JobEvent, *, final: bool = False) -> None:
+        """Append an event; ``final`` closes the log after it."""
+        with self._cond:
+            self._events.append(event)
+            self._closed = self._closed or final
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let followers re-check their stop condition."""
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the final event was published."""
+        with self._cond:
+            return self._closed
+
+    def follow(
+        self, stop: threading.Event, start: int | None = None
+    ) -> Iterator[scheduler_pb2.JobEvent]:
+        """Yield events from index ``start`` (default: only new ones) until closed or stopped."""
+        with self._cond:
+            index = len(self._events) if start is None else start
+        while True:
+            with self._cond:
+                seen = index
+                self._cond.wait_for(
+                    lambda: stop.is_set() or self._closed or len(self._events) > seen
+                )
+                if stop.is_set():
+                    return
+                batch = self._events[index:]
+                index += len(batch)
+                done = self._closed and index >= len(self._events)
+            yield from batch
+            if done:
+                return

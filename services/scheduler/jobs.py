@@ -1,0 +1,66 @@
+"""Pure rules for job specs: defaults and validation with messages that name the field."""
+
+from __future__ import annotations
+
+import math
+
+from tessera.common.errors import InvalidSpec
+from tessera.v1 import common_pb2
+
+__all__ = ["MAX_ROUNDS", "MAX_TASKS_PER_ROUND", "normalize_spec"]
+
+MAX_ROUNDS = 1_000_000
+MAX_TASKS_PER_ROUND = 100_000
+_CODECS = ("none", "fp16", "bf16", "int8", "topk")
+
+
+def normalize_spec(spec: common_pb2.JobSpec, known_policies: frozenset[str]) -> common_pb2.JobSpec:
+    """Return a copy with defaults filled in, or raise naming the first bad field.
+
+    The aggregator validates what it owns (model, dataset, optimizer, aggregation rule) when
+    the job is opened there; this checks everything the scheduler decides on.
+
+    Raises:
+        InvalidSpec: e.g. "min_nodes (0) must be >= 1".
+    """
+    out = common_pb2.JobSpec()
+    out.CopyFrom(spec)
+    out.model = out.model or "mlp"
+    out.dataset = out.dataset or "digits"
+    out.optimizer = out.optimizer or "adam"
+    out.policy = (out.policy or "min_min").replace("-", "_")
+    out.aggregation = out.aggregation or "mean"
+    out.codec = out.codec or "none"
+    if out.rounds == 0:
+        out.rounds = 100
+    if out.min_nodes == 0:
+        out.min_nodes = 1
+    if out.tasks_per_round == 0:
+        out.tasks_per_round = out.min_nodes
+    if out.learning_rate == 0:
+        out.learning_rate = 0.01
+    if out.task_timeout_seconds == 0:
+        out.task_timeout_seconds = 60.0
+
+    if out.rounds > MAX_ROUNDS:
+        raise InvalidSpec(f"rounds ({out.rounds}) must be <= {MAX_ROUNDS}")
+    if out.tasks_per_round > MAX_TASKS_PER_ROUND:
+        raise InvalidSpec(
+            f"tasks_per_round ({out.tasks_per_round}) must be <= {MAX_TASKS_PER_ROUND}"
+        )
+    if not (math.isfinite(out.learning_rate) and out.learning_rate > 0):
+        raise InvalidSpec(f"learning_rate ({out.learning_rate}) must be > 0")
+    if not (math.isfinite(out.target_accuracy) and 0 <= out.target_accuracy <= 1):
+        raise InvalidSpec(f"target_accuracy ({out.target_accuracy}) must be in [0, 1]")
+    if not (math.isfinite(out.task_timeout_seconds) and out.task_timeout_seconds > 0):
+        raise InvalidSpec(f"task_timeout_seconds ({out.task_timeout_seconds}) must be > 0")
+    if out.policy not in known_policies:
+        raise InvalidSpec(
+            f"unknown scheduling policy {out.policy!r}; choose one of: "
+            f"{', '.join(sorted(known_policies))}"
+        )
+    if out.codec not in _CODECS:
+        raise InvalidSpec(f"unknown codec {out.codec!r}; choose one of: {', '.join(_CODECS)}")
+    if len(out.name) > 200:
+        raise InvalidSpec(f"name is {len(out.name)} characters; at most 200")
+    return out

@@ -1,0 +1,314 @@
+"""``JobRunner``: drives one job through its rounds (a thread per job).
+
+Round protocol: place the round's tasks on live nodes with the job's policy, hand them out
+through the ``Dispatcher``, collect reports, move the tasks of lost or failing nodes elsewhere,
+then ask the aggregator to close the round. Node changes arrive from the etcd watch
+(``on_nodes_changed``) and reports from RPC threads (``report``); both only update state and
+wake the runner, which does all the deciding.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from services.scheduler.dispatch import Dispatcher
+from services.scheduler.events import EventLog
+from services.scheduler.planner import NodeCapacity, place
+from services.scheduler.rounds import RoundState, TaskState
+from services.scheduler.store import JobStore
+from tessera.common.errors import TesseraError
+from tessera.v1 import common_pb2, scheduler_pb2
+
+__all__ = ["AggregatorPort", "JobRunner"]
+
+log = logging.getLogger(__name__)
+
+Kind = scheduler_pb2.JobEventKind
+# After this many placements of the same task in one round the job fails: something is wrong
+# with the task itself, not with the nodes.
+MAX_ATTEMPTS = 8
+
+
+class AggregatorPort(Protocol):
+    """What the runner needs from the aggregator (a gRPC client in production)."""
+
+    address: str
+
+    def open_job(self, job_id: str, spec: common_pb2.JobSpec) -> int:
+        """Create the job's model; return its version."""
+        ...
+
+    def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
+        """Aggregate and step; return the metrics."""
+        ...
+
+
+class JobRunner:
+    """Runs one job to completion, cancellation or failure."""
+
+    def __init__(
+        self,
+        job: common_pb2.Job,
+        *,
+        store: JobStore,
+        aggregator: AggregatorPort,
+        dispatcher: Dispatcher,
+        live_nodes: Callable[[], dict[str, common_pb2.Node]],
+        events: EventLog,
+    ) -> None:
+        self.job = job
+        self._store = store
+        self._aggregator = aggregator
+        self._dispatcher = dispatcher
+        self._live_nodes = live_nodes
+        self.events = events
+        self._cond = threading.Condition()
+        self._round: RoundState | None = None
+        self._assigned_at: dict[int, float] = {}
+        self._lost: set[str] = set()
+        self._nodes_changed = False
+        self._cancelled = False
+        self._failures: dict[str, int] = {}
+        self._thread = threading.Thread(target=self._run, name=f"job-{job.job_id}", daemon=True)
+
+    # -- called from other threads -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the job's thread."""
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the job's thread to end."""
+        self._thread.join(timeout)
+
+    def cancel(self) -> None:
+        """Ask the job to stop after the current step."""
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+    def on_nodes_changed(self, lost: set[str]) -> None:
+        """The live-node view changed; ``lost`` nodes vanished."""
+        with self._cond:
+            self._lost |= lost
+            self._nodes_changed = True
+            self._cond.notify_all()
+
+    def report(self, request: scheduler_pb2.ReportTaskRequest) -> bool:
+        """Record a worker's report; False when stale (the task moved or the round closed)."""
+        with self._cond:
+            state = self._round
+            if state is None or request.round != state.round:
+                return False
+            key = (request.job_id, request.round, request.task_index)
+            if request.outcome == scheduler_pb2.TASK_OUTCOME_SUCCEEDED:
+                accepted = state.complete(request.task_index, request.node_id)
+            else:
+                holder = (
+                    state.tasks[request.task_index].node_id
+                    if 0 <= request.task_index < len(state.tasks)
+                    else ""
+                )
+                accepted = holder == request.node_id and holder != ""
+                if accepted:
+                    log.warning(
+                        "job %s task %s failed on %s: %s",
+                        request.job_id,
+                        request.task_index,
+                        request.node_id,
+                        request.message,
+                    )
+                    self._failures[request.node_id] = self._failures.get(request.node_id, 0) + 1
+                    state.release(request.task_index)
+            if accepted:
+                self._dispatcher.acknowledge(request.node_id, key)
+                self._cond.notify_all()
+            return accepted
+
+    # -- the job's thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._run_rounds()
+        except TesseraError as exc:
+            self._finish(common_pb2.JOB_STATE_FAILED, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a job fails, the scheduler stays up
+            log.exception("job %s crashed", self.job.job_id)
+            self._finish(common_pb2.JOB_STATE_FAILED, f"internal error: {type(exc).__name__}")
+
+    def _run_rounds(self) -> None:
+        spec = self.job.spec
+        if not self._wait_for_nodes(spec.min_nodes):
+            self._finish(common_pb2.JOB_STATE_CANCELLED, "cancelled")
+            return
+        self.job.state = common_pb2.JOB_STATE_RUNNING
+        self.job.message = ""
+        self._store.save_job(self.job)
+        round_index = self.job.rounds_completed
+        while round_index < spec.rounds:
+            if not self._run_round(round_index):
+                self._finish(common_pb2.JOB_STATE_CANCELLED, "cancelled")
+                return
+            metrics = self._aggregator.close_round(
+                self.job.job_id, round_index, spec.tasks_per_round
+            )
+            self.job.rounds_completed = round_index + 1
+            self.job.model_version = metrics.model_version
+            self.job.last_metrics.CopyFrom(metrics)
+            self._store.save_job(self.job)
+            self._publish(Kind.JOB_EVENT_KIND_ROUND_COMPLETED, round=round_index, metrics=metrics)
+            round_index += 1
+            if spec.target_accuracy and metrics.test_accuracy >= spec.target_accuracy:
+                self._finish(
+                    common_pb2.JOB_STATE_SUCCEEDED,
+                    f"reached target accuracy {spec.target_accuracy} in {round_index} rounds",
+                )
+                return
+        self._finish(common_pb2.JOB_STATE_SUCCEEDED, f"completed {round_index} rounds")
+
+    def _wait_for_nodes(self, count: int) -> bool:
+        announced = False
+        with self._cond:
+            while not self._cancelled:
+                live = len(self._live_nodes())
+                if live >= count:
+                    return True
+                if not announced:
+                    self.job.message = f"waiting for {count} live nodes ({live} now)"
+                    self._store.save_job(self.job)
+                    self._publish(Kind.JOB_EVENT_KIND_WAITING, message=self.job.message)
+                    announced = True
+                self._cond.wait_for(lambda: self._nodes_changed or self._cancelled)
+                self._nodes_changed = False
+        return False
+
+    def _run_round(self, round_index: int) -> bool:
+        """Run one round until every task reported; False if cancelled."""
+        spec = self.job.spec
+        with self._cond:
+            state = RoundState(round_index, spec.tasks_per_round)
+            self._round = state
+            self._lost.clear()
+            self._place_pending(state)
+        self._publish(Kind.JOB_EVENT_KIND_ROUND_STARTED, round=round_index)
+        timeout = spec.task_timeout_seconds
+        with self._cond:
+            while not state.done:
+                if self._cancelled:
+                    self._retract_all(state)
+                    return False
+                self._handle_changes(state, timeout)
+                if state.done:
+                    break
+                self._cond.wait(timeout=self._next_deadline(state, timeout))
+            self._round = None
+        return True
+
+    def _handle_changes(self, state: RoundState, timeout: float) -> None:
+        lost, self._lost = self._lost, set()
+        self._nodes_changed = False
+        for node_id in lost:
+            self._dispatcher.forget(node_id)
+            self._failures[node_id] = self._failures.get(node_id, 0) + 1
+        moved = state.release_nodes(lost)
+        now = time.monotonic()
+        overdue = [
+            t for t in state.outstanding() if now - self._assigned_at.get(t.index, now) > timeout
+        ]
+        for task in overdue:
+            self._dispatcher.retract(task.node_id, (self.job.job_id, state.round, task.index))
+            state.release(task.index)
+            moved.append(task.index)
+        if moved:
+            message = (
+                f"round {state.round}: tasks {sorted(moved)} reassigned "
+                f"(lost nodes: {sorted(lost) or 'none'}, overdue: {[t.index for t in overdue]})"
+            )
+            log.info("job %s %s", self.job.job_id, message)
+            self._publish(Kind.JOB_EVENT_KIND_TASK_REASSIGNED, round=state.round, message=message)
+        if state.pending():
+            self._place_pending(state)
+
+    def _next_deadline(self, state: RoundState, timeout: float) -> float:
+        if not state.outstanding():
+            return timeout
+        now = time.monotonic()
+        oldest = min(self._assigned_at.get(t.index, now) for t in state.outstanding())
+        return max(0.05, oldest + timeout - now)
+
+    def _place_pending(self, state: RoundState) -> None:
+        """Place the round's pending tasks on live nodes (caller holds the lock)."""
+        pending = state.pending()
+        for index in pending:
+            if state.tasks[index].attempts >= MAX_ATTEMPTS:
+                raise TesseraError(
+                    f"task {index} of round {state.round} failed {MAX_ATTEMPTS} times; giving up"
+                )
+        nodes = [
+            NodeCapacity(
+                n.node_id,
+                n.profile.throughput,
+                n.profile.bandwidth,
+                self._failures.get(n.node_id, 0),
+            )
+            for n in self._live_nodes().values()
+            if n.node_id not in self._lost
+        ]
+        spec = self.job.spec
+        samples = [spec.batch_size or 1 for _ in pending]
+        placement = place(spec.policy, pending, samples, 0, nodes, seed=spec.seed + state.round)
+        state.assign(placement.nodes_of_tasks)
+        now = time.monotonic()
+        records = []
+        for index, node_id in placement.nodes_of_tasks.items():
+            self._assigned_at[index] = now
+            self._dispatcher.send(node_id, self._task(state.round, index))
+            records.append((index, {"node": node_id, "state": TaskState.ASSIGNED.value}))
+        self._store.save_tasks(self.job.job_id, state.round, records)
+
+    def _task(self, round_index: int, index: int) -> scheduler_pb2.Task:
+        return scheduler_pb2.Task(
+            job_id=self.job.job_id,
+            round=round_index,
+            task_index=index,
+            num_tasks=self.job.spec.tasks_per_round,
+            model_version=self.job.model_version,
+            spec=self.job.spec,
+            aggregator_address=self._aggregator.address,
+        )
+
+    def _retract_all(self, state: RoundState) -> None:
+        for task in state.outstanding():
+            self._dispatcher.retract(task.node_id, (self.job.job_id, state.round, task.index))
+
+    def _finish(self, final_state: common_pb2.JobState.ValueType, message: str) -> None:
+        self.job.state = final_state
+        self.job.message = message
+        self.job.finished_at = time.time()
+        self._store.save_job(self.job)
+        self._publish(Kind.JOB_EVENT_KIND_FINISHED, message=message, final=True)
+
+    def _publish(
+        self,
+        kind: scheduler_pb2.JobEventKind.ValueType,
+        *,
+        round: int = 0,  # noqa: A002 - the proto's field name
+        metrics: common_pb2.RoundMetrics | None = None,
+        message: str = "",
+        final: bool = False,
+    ) -> None:
+        event = scheduler_pb2.JobEvent(
+            kind=kind,
+            job=self.job,
+            round=round,
+            message=message,
+            live_nodes=len(self._live_nodes()),
+            time=time.time(),
+        )
+        if metrics is not None:
+            event.metrics.CopyFrom(metrics)
+        self.events.publish(event, final=final)

@@ -1,0 +1,70 @@
+"""Scheduler server assembly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health
+
+from services.scheduler.aggregator_client import AggregatorClient
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.core import SchedulerCore
+from services.scheduler.servicer import SchedulerServicer
+from services.scheduler.store import EtcdJobStore, NodeView
+from tessera.common.etcd import KeySchema, connect
+from tessera.common.grpc_server import ServiceBinding, create_server, stop_server
+from tessera.common.service import run_until_signalled, setup_logging, start_metrics
+from tessera.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+__all__ = ["SERVICE_NAME", "RunningScheduler", "create_scheduler_server", "serve"]
+
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+
+
+@dataclass
+class RunningScheduler:
+    """A started scheduler and what it needs to stop cleanly."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    core: SchedulerCore
+    aggregator: AggregatorClient
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop serving, then stop the core."""
+        stop_server(self.server, self.health, grace)
+        self.core.stop()
+        self.aggregator.close()
+
+
+def create_scheduler_server(
+    config: SchedulerConfig, etcd_client: Any | None = None
+) -> RunningScheduler:
+    """Start a scheduler: resume stored jobs, watch nodes, serve."""
+    client = etcd_client or connect(config.etcd)
+    keys = KeySchema(config.etcd_prefix)
+    aggregator = AggregatorClient(config.aggregator)
+    core = SchedulerCore(EtcdJobStore(client, keys), NodeView(client, keys), aggregator)
+    core.start()
+    binding = ServiceBinding(
+        SERVICE_NAME, scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(core)
+    )
+    server, port, health_servicer = create_server(
+        [binding], address=config.common.address, max_workers=config.max_workers
+    )
+    return RunningScheduler(server, port, health_servicer, core, aggregator)
+
+
+def serve(config: SchedulerConfig) -> None:
+    """Run until SIGTERM/SIGINT."""
+    setup_logging(config.common.log_level)
+    metrics_port = start_metrics(config.common.metrics_port)
+    running = create_scheduler_server(config)
+    run_until_signalled(
+        running.stop,
+        ready_file=config.common.ready_file,
+        ready_info={"service": "scheduler", "port": running.port, "metrics_port": metrics_port},
+    )

@@ -1,0 +1,59 @@
+"""Worker settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from tessera.common.errors import InvalidSpec
+from tessera.common.service import CommonConfig, add_common_args
+
+__all__ = ["WorkerConfig", "parse_args"]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker runs.
+
+    Attributes:
+        registry: the registry's ``host:port``.
+        scheduler: the scheduler's ``host:port``.
+        torch_threads: intra-op threads for training (keep small on shared machines).
+        slowdown: multiply compute time by this (>= 1) to emulate a slower machine in tests.
+    """
+
+    common: CommonConfig
+    registry: str
+    scheduler: str
+    torch_threads: int = 1
+    slowdown: float = 1.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.torch_threads < 1:
+            raise InvalidSpec(f"torch threads ({self.torch_threads}) must be >= 1")
+        if not self.slowdown >= 1.0:
+            raise InvalidSpec(f"slowdown ({self.slowdown}) must be >= 1")
+
+
+def parse_args(argv: list[str] | None = None) -> WorkerConfig:
+    """Build the configuration from the command line."""
+    parser = argparse.ArgumentParser(prog="tessera-worker", description=__doc__)
+    add_common_args(parser, default_port=0)
+    parser.add_argument("--registry", default=os.environ.get("TESSERA_REGISTRY", "127.0.0.1:50051"))
+    parser.add_argument(
+        "--scheduler", default=os.environ.get("TESSERA_SCHEDULER", "127.0.0.1:50052")
+    )
+    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--slowdown", type=float, default=1.0)
+    parser.add_argument("--name", default=os.environ.get("TESSERA_WORKER_NAME", ""))
+    args = parser.parse_args(argv)
+    return WorkerConfig(
+        common=CommonConfig.from_args(args),
+        registry=args.registry,
+        scheduler=args.scheduler,
+        torch_threads=args.torch_threads,
+        slowdown=args.slowdown,
+        name=args.name,
+    )

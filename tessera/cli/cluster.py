@@ -1,0 +1,224 @@
+"""``LocalCluster``: etcd, the four services and N workers as processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tessera.common.errors import Unavailable
+from tessera.common.etcd.server import EtcdProcess
+
+__all__ = ["ClusterPorts", "LocalCluster"]
+
+
+@dataclass(frozen=True)
+class ClusterPorts:
+    """Service ports; 0 lets each service pick a free one."""
+
+    registry: int = 0
+    scheduler: int = 0
+    aggregator: int = 0
+
+
+@dataclass
+class _Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM if the launcher dies, so no process outlives `tessera up`.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class LocalCluster:
+    """Start with ``start()`` (or ``with``), stop with ``stop()``; logs go to ``log_dir``."""
+
+    def __init__(
+        self,
+        *,
+        workers: int = 3,
+        ports: ClusterPorts = ClusterPorts(),  # noqa: B008 - frozen dataclass, safe default
+        heartbeat_interval: float = 1.0,
+        patience: int = 3,
+        worker_slowdowns: list[float] | None = None,
+        log_dir: Path | None = None,
+        log_level: str = "INFO",
+    ) -> None:
+        self.workers_wanted = workers
+        self.ports = ports
+        self.heartbeat_interval = heartbeat_interval
+        self.patience = patience
+        self.worker_slowdowns = worker_slowdowns or []
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="tessera-logs-"))
+        self.log_level = log_level
+        self.etcd = EtcdProcess()
+        self.services: dict[str, _Proc] = {}
+        self.workers: list[_Proc] = []
+
+    @property
+    def registry_address(self) -> str:
+        """``127.0.0.1:<port>`` of the registry."""
+        return f"127.0.0.1:{self.services['registry'].info['port']}"
+
+    @property
+    def scheduler_address(self) -> str:
+        """``127.0.0.1:<port>`` of the scheduler."""
+        return f"127.0.0.1:{self.services['scheduler'].info['port']}"
+
+    @property
+    def aggregator_address(self) -> str:
+        """``127.0.0.1:<port>`` of the aggregator."""
+        return f"127.0.0.1:{self.services['aggregator'].info['port']}"
+
+    def _spawn(self, name: str, module: str, args: list[str]) -> tuple[_Proc, Path]:
+        ready = self.log_dir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        log = (self.log_dir / f"{name}.log").open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                module,
+                "--ready-file",
+                str(ready),
+                "--log-level",
+                self.log_level,
+                *args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets PDEATHSIG
+        )
+        log.close()
+        return _Proc(name, process), ready
+
+    def _await_ready(self, proc: _Proc, ready: Path, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if proc.process.poll() is not None:
+                tail = (self.log_dir / f"{proc.name}.log").read_text(errors="replace")[-3000:]
+                raise Unavailable(f"{proc.name} exited with {proc.process.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise Unavailable(f"{proc.name} not ready after {timeout}s")
+            time.sleep(0.02)
+        proc.info = json.loads(ready.read_text())
+
+    def start(self) -> LocalCluster:
+        """Start everything and wait until each service serves.
+
+        Raises:
+            Unavailable: a process failed to start (its log tail is in the message).
+        """
+        try:
+            self.etcd.start()
+            etcd = ["--etcd", self.etcd.endpoint]
+            registry, registry_ready = self._spawn(
+                "registry",
+                "services.registry",
+                [
+                    "--port",
+                    str(self.ports.registry),
+                    *etcd,
+                    "--heartbeat-interval",
+                    str(self.heartbeat_interval),
+                    "--patience",
+                    str(self.patience),
+                ],
+            )
+            aggregator, aggregator_ready = self._spawn(
+                "aggregator", "services.aggregator", ["--port", str(self.ports.aggregator)]
+            )
+            self.services.update(registry=registry, aggregator=aggregator)
+            self._await_ready(aggregator, aggregator_ready)
+            scheduler, scheduler_ready = self._spawn(
+                "scheduler",
+                "services.scheduler",
+                [
+                    "--port",
+                    str(self.ports.scheduler),
+                    *etcd,
+                    "--aggregator",
+                    self.aggregator_address,
+                ],
+            )
+            self.services["scheduler"] = scheduler
+            self._await_ready(registry, registry_ready)
+            self._await_ready(scheduler, scheduler_ready)
+            for _ in range(self.workers_wanted):
+                self.add_worker()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def add_worker(self, slowdown: float | None = None) -> _Proc:
+        """Start one more worker (not waiting for it to register)."""
+        index = len(self.workers)
+        if slowdown is None:
+            slowdown = self.worker_slowdowns[index] if index < len(self.worker_slowdowns) else 1.0
+        proc, _ready = self._spawn(
+            f"worker-{index}",
+            "services.worker",
+            [
+                "--registry",
+                self.registry_address,
+                "--scheduler",
+                self.scheduler_address,
+                "--slowdown",
+                str(slowdown),
+                "--name",
+                f"worker-{index}",
+            ],
+        )
+        self.workers.append(proc)
+        return proc
+
+    def kill_worker(self, index: int) -> None:
+        """SIGKILL a worker: no deregistration, its lease must expire."""
+        process = self.workers[index].process
+        process.kill()
+        process.wait()
+
+    def stop(self) -> None:
+        """Stop workers first (they deregister), then the services, then etcd."""
+        groups = [self.workers, [self.services[n] for n in ("scheduler",) if n in self.services]]
+        groups.append([self.services[n] for n in ("aggregator", "registry") if n in self.services])
+        for group in groups:
+            for proc in group:
+                if proc.process.poll() is None:
+                    proc.process.terminate()
+            for proc in group:
+                try:
+                    proc.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.process.kill()
+                    proc.process.wait()
+        self.etcd.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,76 @@
+"""The whole system as separate processes: etcd, four services, workers (``LocalCluster``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tessera.cli.app import DEMO_JOB
+from tessera.cli.cluster import LocalCluster
+from tessera.client import Client
+from tessera.v1 import common_pb2, scheduler_pb2
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(workers=3, heartbeat_interval=0.5, patience=4, log_dir=tmp_path) as c:
+        yield c
+
+
+def test_tessera_up_trains_the_demo_to_the_target_and_leaves_no_process() -> None:
+    # Execute: the README's first command, as a user runs it.
+    result = subprocess.run(
+        [sys.executable, "-m", "tessera.cli.app", "up", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    # Assert
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["test_accuracy"] >= 0.97
+    assert 1 <= summary["rounds"] <= DEMO_JOB.rounds
+    leftovers = subprocess.run(
+        ["pgrep", "-f", "services.(worker|registry|scheduler|aggregator)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    assert leftovers == []
+
+
+def test_killed_worker_lease_expires_and_its_tasks_are_reassigned(cluster: LocalCluster) -> None:
+    # Prepare
+    with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+        spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=40)
+        handle = client.submit(spec)
+        events = client.watch(handle.job_id)
+        killed = threading.Event()
+        reassigned: list[str] = []
+        final = None
+        # Execute: SIGKILL a worker once training is under way; no deregistration happens.
+        for event in events:
+            if event.kind == scheduler_pb2.JOB_EVENT_KIND_ROUND_COMPLETED and not killed.is_set():
+                if event.metrics.round >= 2:
+                    cluster.kill_worker(0)
+                    killed.set()
+            if event.kind == scheduler_pb2.JOB_EVENT_KIND_TASK_REASSIGNED:
+                reassigned.append(event.message)
+            if event.kind == scheduler_pb2.JOB_EVENT_KIND_FINISHED:
+                final = event.job
+        # Assert
+        assert killed.is_set()
+        assert final is not None
+        assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.message
+        assert final.rounds_completed == 40
+        assert any("lost nodes: ['" in m for m in reassigned), reassigned
+        assert len(client.list_nodes()) == 2
