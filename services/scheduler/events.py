@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 
@@ -36,6 +37,9 @@ class EventLog:
         with self._cond:
             return self._closed
 
+    def _has_news(self, stop: threading.Event, index: int) -> bool:
+        return stop.is_set() or self._closed or len(self._events) > index
+
     def follow(
         self, stop: threading.Event, start: int | None = None
     ) -> Iterator[scheduler_pb2.JobEvent]:
@@ -44,10 +48,7 @@ class EventLog:
             index = len(self._events) if start is None else start
         while True:
             with self._cond:
-                seen = index
-                self._cond.wait_for(
-                    lambda: stop.is_set() or self._closed or len(self._events) > seen
-                )
+                self._cond.wait_for(functools.partial(self._has_news, stop, index))
                 if stop.is_set():
                     return
                 batch = self._events[index:]

@@ -21,6 +21,7 @@ from services.worker.trainer import Trainer
 from tessera.common.errors import NotFound, TesseraError
 from tessera.common.retry import Backoff
 from tessera.common.rpc import call_with_retry, translate_rpc_errors
+from tessera.ml.datasets import load_dataset
 from tessera.v1 import (
     aggregator_pb2,
     aggregator_pb2_grpc,
@@ -80,6 +81,7 @@ class WorkerAgent:
     def run(self) -> None:
         """Register, then serve tasks; register again whenever the lease is lost."""
         torch.set_num_threads(self._config.torch_threads)
+        load_dataset("digits")  # warm the cache before the first task's clock starts
         profile = common_pb2.NodeProfile(
             hostname=self._config.name or socket.gethostname(),
             cpu_cores=os.cpu_count() or 1,

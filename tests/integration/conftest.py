@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
 
+from services.aggregator.config import AggregatorConfig
+from services.aggregator.handlers import Aggregator
+from services.aggregator.server import create_aggregator_server
 from services.registry.config import RegistryConfig
 from services.registry.server import create_registry_server
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.server import create_scheduler_server
 from tessera.common.service import CommonConfig
-from tessera.v1 import registry_pb2_grpc
+from tessera.v1 import aggregator_pb2_grpc, registry_pb2_grpc, scheduler_pb2_grpc
 
 LOOPBACK = CommonConfig(
     host="127.0.0.1", port=0, metrics_port=None, ready_file=None, log_level="INFO"
@@ -38,3 +44,46 @@ def registry(
     yield f"127.0.0.1:{port}", registry_pb2_grpc.RegistryStub(channel)
     channel.close()
     server.stop(0).wait()
+
+
+@dataclass
+class Cluster:
+    """In-process registry, aggregator and scheduler on loopback, sharing the session etcd."""
+
+    registry: registry_pb2_grpc.RegistryStub
+    scheduler: scheduler_pb2_grpc.SchedulerStub
+    aggregator: aggregator_pb2_grpc.AggregatorStub
+    aggregator_core: Aggregator
+    scheduler_address: str
+    etcd_prefix: str
+
+
+@pytest.fixture
+def services(registry_config: RegistryConfig, etcd_server: Any) -> Iterator[Cluster]:
+    reg_server, reg_port, _ = create_registry_server(registry_config)
+    agg_server, agg_port, _, agg_core = create_aggregator_server(AggregatorConfig(common=LOOPBACK))
+    scheduler = create_scheduler_server(
+        SchedulerConfig(
+            common=LOOPBACK,
+            etcd=etcd_server.endpoint,
+            etcd_prefix=registry_config.etcd_prefix,
+            aggregator=f"127.0.0.1:{agg_port}",
+            max_workers=32,
+        )
+    )
+    channels = [
+        grpc.insecure_channel(f"127.0.0.1:{port}") for port in (reg_port, scheduler.port, agg_port)
+    ]
+    yield Cluster(
+        registry_pb2_grpc.RegistryStub(channels[0]),
+        scheduler_pb2_grpc.SchedulerStub(channels[1]),
+        aggregator_pb2_grpc.AggregatorStub(channels[2]),
+        agg_core,
+        f"127.0.0.1:{scheduler.port}",
+        registry_config.etcd_prefix,
+    )
+    for channel in channels:
+        channel.close()
+    scheduler.stop(grace=0)
+    agg_server.stop(0).wait()
+    reg_server.stop(0).wait()
