@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tessera.ml.datasets import load_dataset, shard_indices
+from tessera.ml.datasets import load_dataset, task_batch_indices
 from tessera.ml.training import compute_gradient
 from tessera.ml.zoo import ModelSpec, build_model
 from tessera.v1 import common_pb2
@@ -54,27 +54,25 @@ class Trainer:
         task_index: int,
         num_tasks: int,
     ) -> Contribution:
-        """Gradient of the model at ``weights`` on this task's batch of its shard.
-
-        The batch depends only on (seed, round, task), so a reassigned task computes the same
-        contribution on any node.
-        """
+        """Gradient of the model at ``weights`` on this task's batch (``task_batch_indices``)."""
         started = time.perf_counter()
         data = load_dataset(spec.dataset)
         model = self._model(job_id, spec)
         model.load_state_dict(dict(weights), strict=True)
-        shard = shard_indices(len(data.train_x), num_tasks, task_index, seed=spec.seed)
-        if spec.batch_size and spec.batch_size < len(shard):
-            generator = torch.Generator().manual_seed(
-                (spec.seed * 1_000_003 + round_index * 7919 + task_index) % (2**63)
-            )
-            shard = shard[torch.randperm(len(shard), generator=generator)[: spec.batch_size]]
-        gradient, loss = compute_gradient(model, data.train_x[shard], data.train_y[shard])
+        batch = task_batch_indices(
+            len(data.train_x),
+            num_tasks,
+            task_index,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+            round_index=round_index,
+        )
+        gradient, loss = compute_gradient(model, data.train_x[batch], data.train_y[batch])
         elapsed = time.perf_counter() - started
         if self._slowdown > 1.0:
             # Emulates a slower machine: the extra time is what a slower CPU would have spent.
             time.sleep(elapsed * (self._slowdown - 1.0))
-        return Contribution(gradient, len(shard), loss, time.perf_counter() - started)
+        return Contribution(gradient, len(batch), loss, time.perf_counter() - started)
 
     def forget(self, job_id: str) -> None:
         """Drop a job's model."""

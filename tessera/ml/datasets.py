@@ -14,7 +14,14 @@ import torch
 
 from tessera.common.errors import InvalidSpec
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "shard_indices", "stratified_split"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "load_dataset",
+    "shard_indices",
+    "stratified_split",
+    "task_batch_indices",
+]
 
 
 @dataclass(frozen=True)
@@ -103,3 +110,27 @@ def shard_indices(num_items: int, num_shards: int, index: int, *, seed: int) -> 
     generator = torch.Generator().manual_seed(seed)
     permutation = torch.randperm(num_items, generator=generator)
     return permutation[index::num_shards]
+
+
+def task_batch_indices(
+    num_items: int,
+    num_tasks: int,
+    task_index: int,
+    *,
+    batch_size: int,
+    seed: int,
+    round_index: int,
+) -> torch.Tensor:
+    """The samples task ``task_index`` of round ``round_index`` trains on.
+
+    A batch of ``batch_size`` drawn from the task's shard (the whole shard when ``batch_size``
+    is 0 or larger than the shard). It depends only on its arguments, so a reassigned task
+    computes the same contribution on any node.
+    """
+    shard = shard_indices(num_items, num_tasks, task_index, seed=seed)
+    if not batch_size or batch_size >= len(shard):
+        return shard
+    generator = torch.Generator().manual_seed(
+        (seed * 1_000_003 + round_index * 7919 + task_index) % (2**63)
+    )
+    return shard[torch.randperm(len(shard), generator=generator)[:batch_size]]
