@@ -5,8 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from services.aggregator.ledger import Ledger
-from services.aggregator.models import Contribution, JobModel, settings_from_spec
+from services.aggregator.ledger import Decision, Ledger
+from services.aggregator.metrics import (
+    BYTES_RECEIVED,
+    CONTRIBUTIONS,
+    JOB_ACCURACY,
+    JOB_LOSS,
+    MODEL_VERSION,
+    ROUND_SECONDS,
+)
+from services.aggregator.models import Contribution, JobModel, Rejection, settings_from_spec
 from tessera.common.errors import InvalidSpec, NotFound
 from tessera.v1 import aggregator_pb2, common_pb2
 from tessera.wire.frames import encode_tensors, iter_chunks
@@ -82,24 +90,34 @@ class Aggregator:
         c = Contribution(
             h.job_id, h.round, h.task_index, h.node_id, h.base_version, h.samples, h.loss
         )
-        reason = job.check_header(c, metas)
-        if reason is not None:
-            self.ledger.reject(c.job_id, c.round, c.task, c.node_id, reason)
-            return aggregator_pb2.PushReceipt(
-                status=_RECEIPT.RECEIPT_STATUS_REJECTED, reason=reason
-            )
+        rejection = job.check_header(c, metas)
+        if rejection is not None:
+            return self._rejected(job.reject(c, rejection))
         if job.is_duplicate(c):
-            return aggregator_pb2.PushReceipt(status=_RECEIPT.RECEIPT_STATUS_DUPLICATE)
+            return self._receipt(Decision.DUPLICATE, 0)
         assembler = assemble(metas, chunks_after_header(frames), max_bytes=self._max_payload_bytes)
-        applied, reason = job.add(c, assembler.tensors())
-        if applied:
-            status = _RECEIPT.RECEIPT_STATUS_ACCEPTED
-        elif reason:
-            status = _RECEIPT.RECEIPT_STATUS_REJECTED
-        else:
-            status = _RECEIPT.RECEIPT_STATUS_DUPLICATE
+        for meta in metas:
+            BYTES_RECEIVED.labels(meta.codec).inc(meta.byte_length)
+        decision, rejection = job.add(c, assembler.tensors())
+        if rejection is not None:
+            return self._rejected(rejection)
+        return self._receipt(decision, assembler.received_bytes)
+
+    @staticmethod
+    def _receipt(decision: Decision, received: int) -> aggregator_pb2.PushReceipt:
+        CONTRIBUTIONS.labels(decision.value, "").inc()
+        status = (
+            _RECEIPT.RECEIPT_STATUS_ACCEPTED
+            if decision is Decision.APPLIED
+            else _RECEIPT.RECEIPT_STATUS_DUPLICATE
+        )
+        return aggregator_pb2.PushReceipt(status=status, bytes_received=received)
+
+    @staticmethod
+    def _rejected(rejection: Rejection) -> aggregator_pb2.PushReceipt:
+        CONTRIBUTIONS.labels(Decision.REJECTED.value, rejection.kind).inc()
         return aggregator_pb2.PushReceipt(
-            status=status, reason=reason, bytes_received=assembler.received_bytes
+            status=_RECEIPT.RECEIPT_STATUS_REJECTED, reason=rejection.reason
         )
 
     def model_frames(self, job_id: str, version: int) -> Iterator[aggregator_pb2.ModelFrame]:
@@ -116,6 +134,10 @@ class Aggregator:
     def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
         """Aggregate, step, evaluate; see ``JobModel.close_round``."""
         result = self.job(job_id).close_round(round_index, num_tasks)
+        MODEL_VERSION.labels(job_id).set(result.model_version)
+        JOB_LOSS.labels(job_id).set(result.test_loss)
+        JOB_ACCURACY.labels(job_id).set(result.test_accuracy)
+        ROUND_SECONDS.observe(result.seconds)
         return common_pb2.RoundMetrics(
             round=result.round,
             model_version=result.model_version,

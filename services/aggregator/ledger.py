@@ -28,6 +28,7 @@ class LedgerEntry:
     node_id: str
     decision: Decision
     reason: str = ""
+    kind: str = ""
 
 
 class Ledger:
@@ -68,11 +69,13 @@ class Ledger:
             )
             return True
 
-    def reject(self, job_id: str, round_index: int, task: int, node_id: str, reason: str) -> None:
-        """Record a rejection and its reason."""
+    def reject(
+        self, job_id: str, round_index: int, task: int, node_id: str, reason: str, kind: str
+    ) -> None:
+        """Record a rejection, its reason and its kind (a short label for metrics)."""
         with self._lock:
             self._entries.append(
-                LedgerEntry(job_id, round_index, task, node_id, Decision.REJECTED, reason)
+                LedgerEntry(job_id, round_index, task, node_id, Decision.REJECTED, reason, kind)
             )
 
     def entries(self, job_id: str | None = None) -> list[LedgerEntry]:

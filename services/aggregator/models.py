@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from services.aggregator.ledger import Ledger
+from services.aggregator.ledger import Decision, Ledger
 from services.aggregator.rules import get_rule
 from services.aggregator.rules.base import Update
 from services.aggregator.rules.mean import RunningMean
@@ -25,7 +25,14 @@ from tessera.ml.training import apply_gradient, evaluate, make_optimizer
 from tessera.ml.zoo import ModelSpec, build_model
 from tessera.wire.codecs import TensorMeta
 
-__all__ = ["Contribution", "JobModel", "JobSettings", "RoundResult", "settings_from_spec"]
+__all__ = [
+    "Contribution",
+    "JobModel",
+    "JobSettings",
+    "Rejection",
+    "RoundResult",
+    "settings_from_spec",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,14 @@ class Contribution:
     base_version: int
     samples: int
     loss: float
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a contribution was refused: a short ``kind`` for metrics and a message for people."""
+
+    kind: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -118,28 +133,35 @@ class JobModel:
                 )
             return self.version, self._snapshot
 
-    def check_header(self, c: Contribution, metas: Sequence[TensorMeta]) -> str | None:
+    def check_header(self, c: Contribution, metas: Sequence[TensorMeta]) -> Rejection | None:
         """Return why a contribution must be rejected before its payload is read, or None."""
         if c.round != self.version or c.base_version != self.version:
-            return (
+            return Rejection(
+                "stale",
                 f"stale contribution: round {c.round} from base version {c.base_version}; "
-                f"the open round is {self.version}"
+                f"the open round is {self.version}",
             )
         if not 0 <= c.task < self.settings.tasks_per_round:
-            return f"task {c.task} is not in [0, {self.settings.tasks_per_round})"
+            return Rejection(
+                "task", f"task {c.task} is not in [0, {self.settings.tasks_per_round})"
+            )
         if c.samples < 1:
-            return f"samples ({c.samples}) must be >= 1"
+            return Rejection("samples", f"samples ({c.samples}) must be >= 1")
         expected = self.parameter_metas
         got = {m.name: (m.dtype, m.shape) for m in metas}
         if got.keys() != expected.keys():
             missing = sorted(expected.keys() - got.keys())
             extra = sorted(got.keys() - expected.keys())
-            return f"tensor names do not match the model (missing {missing}, unexpected {extra})"
+            return Rejection(
+                "tensors",
+                f"tensor names do not match the model (missing {missing}, unexpected {extra})",
+            )
         for name, (dtype, shape) in expected.items():
             if got[name] != (dtype, shape):
-                return (
+                return Rejection(
+                    "tensors",
                     f"tensor {name!r} is {got[name][0]} {got[name][1]}; the model needs "
-                    f"{dtype} {shape}"
+                    f"{dtype} {shape}",
                 )
         return None
 
@@ -147,31 +169,34 @@ class JobModel:
         """Whether (job, round, task) is already applied; records the duplicate if so."""
         return self._ledger.note_duplicate(c.job_id, c.round, c.task, c.node_id)
 
-    def add(self, c: Contribution, tensors: Mapping[str, torch.Tensor]) -> tuple[bool, str]:
-        """Validate and apply a contribution exactly once.
-
-        Returns:
-            (applied, reason): applied False with an empty reason means a duplicate.
-        """
+    def add(
+        self, c: Contribution, tensors: Mapping[str, torch.Tensor]
+    ) -> tuple[Decision, Rejection | None]:
+        """Validate and apply a contribution exactly once; the decision is also in the ledger."""
         for name, tensor in tensors.items():
             if not bool(torch.isfinite(tensor).all()):
-                reason = f"tensor {name!r} has non-finite values"
-                self._ledger.reject(c.job_id, c.round, c.task, c.node_id, reason)
-                return False, reason
+                rejection = Rejection("non_finite", f"tensor {name!r} has non-finite values")
+                return Decision.REJECTED, self.reject(c, rejection)
         with self._lock:
             if c.round != self.version:
-                reason = f"round {c.round} closed while the contribution arrived"
-                self._ledger.reject(c.job_id, c.round, c.task, c.node_id, reason)
-                return False, reason
+                rejection = Rejection(
+                    "stale", f"round {c.round} closed while the contribution arrived"
+                )
+                return Decision.REJECTED, self.reject(c, rejection)
             if not self._ledger.claim(c.job_id, c.round, c.task, c.node_id):
-                return False, ""
+                return Decision.DUPLICATE, None
             update = Update(tensors, float(c.samples))
             if self._rule.streaming:
                 self._running.add(update)
             else:
                 self._buffered.append(update)
             self._losses.append((c.loss, c.samples))
-        return True, ""
+        return Decision.APPLIED, None
+
+    def reject(self, c: Contribution, rejection: Rejection) -> Rejection:
+        """Record a rejection in the ledger and return it."""
+        self._ledger.reject(c.job_id, c.round, c.task, c.node_id, rejection.reason, rejection.kind)
+        return rejection
 
     def close_round(self, round_index: int, num_tasks: int) -> RoundResult:
         """Combine the round's contributions, step, publish the next version, evaluate.

@@ -43,9 +43,16 @@ class EventLog:
     def follow(
         self, stop: threading.Event, start: int | None = None
     ) -> Iterator[scheduler_pb2.JobEvent]:
-        """Yield events from index ``start`` (default: only new ones) until closed or stopped."""
+        """Events from index ``start`` until closed or stopped.
+
+        ``start`` defaults to the log's length *now*, at the call rather than at the first
+        ``next``, so a watcher that sends a snapshot and then follows misses nothing between.
+        """
         with self._cond:
             index = len(self._events) if start is None else start
+        return self._follow(stop, index)
+
+    def _follow(self, stop: threading.Event, index: int) -> Iterator[scheduler_pb2.JobEvent]:
         while True:
             with self._cond:
                 self._cond.wait_for(functools.partial(self._has_news, stop, index))

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from services.aggregator.ledger import Decision, Ledger
+from services.aggregator.models import Contribution, JobModel, settings_from_spec
+from tessera.common.errors import Conflict, InvalidSpec, NotFound
+from tessera.wire.codecs import TensorMeta
+
+
+def _job(tasks: int = 2, aggregation: str = "mean") -> tuple[JobModel, Ledger]:
+    torch.set_num_threads(1)
+    ledger = Ledger()
+    settings = settings_from_spec("mlp", "digits", [8], "sgd", 0.1, aggregation, tasks, 0)
+    return JobModel("j", settings, ledger), ledger
+
+
+def _ones(job: JobModel, value: float = 1.0) -> dict[str, torch.Tensor]:
+    return {n: torch.full(shape, value, dtype=dt) for n, (dt, shape) in job.parameter_metas.items()}
+
+
+def _c(task: int, round_index: int = 0, samples: int = 1) -> Contribution:
+    return Contribution("j", round_index, task, "n", round_index, samples, 0.5)
+
+
+def test_round_closes_with_the_sample_weighted_mean_and_publishes_the_next_version() -> None:
+    # Prepare
+    job, _ = _job()
+    before = {k: v.clone() for k, v in job.snapshot(0)[1].items()}
+    # Execute
+    assert job.add(_c(0, samples=1), _ones(job, 1.0)) == (Decision.APPLIED, None)
+    assert job.add(_c(1, samples=3), _ones(job, 5.0)) == (Decision.APPLIED, None)
+    result = job.close_round(0, 2)
+    # Assert: mean gradient 4.0; SGD (lr 0.1, momentum buffer starts at the gradient) moves by 0.4
+    version, after = job.snapshot(0)
+    assert (version, result.model_version, result.contributions) == (1, 1, 2)
+    for name, tensor in after.items():
+        assert torch.allclose(before[name] - tensor, torch.full_like(tensor, 0.4))
+    assert 0.0 <= result.test_accuracy <= 1.0
+
+
+def test_duplicates_are_counted_once_and_closing_twice_returns_the_same_result() -> None:
+    job, ledger = _job(tasks=1)
+    assert job.add(_c(0), _ones(job)) == (Decision.APPLIED, None)
+    assert job.add(_c(0), _ones(job)) == (Decision.DUPLICATE, None)
+    first = job.close_round(0, 1)
+    assert job.close_round(0, 1) == first
+    assert [e.decision for e in ledger.entries()] == [Decision.APPLIED, Decision.DUPLICATE]
+
+
+def test_closing_an_incomplete_or_future_round_is_a_conflict() -> None:
+    job, _ = _job(tasks=2)
+    job.add(_c(0), _ones(job))
+    with pytest.raises(Conflict, match="round 0 has 1 of 2 contributions"):
+        job.close_round(0, 2)
+    with pytest.raises(Conflict, match="round 3 is not open"):
+        job.close_round(3, 2)
+
+
+def test_non_finite_values_are_rejected_and_not_applied() -> None:
+    job, ledger = _job(tasks=1)
+    bad = _ones(job)
+    next(iter(bad.values()))[0] = float("inf")
+    decision, rejection = job.add(_c(0), bad)
+    assert decision is Decision.REJECTED and rejection is not None
+    assert rejection.kind == "non_finite" and "non-finite" in rejection.reason
+    assert ledger.applied_count("j", 0) == 0
+
+
+def test_header_checks_name_the_problem() -> None:
+    job, _ = _job(tasks=2)
+    metas = [TensorMeta(n, dt, s, "none", 0) for n, (dt, s) in job.parameter_metas.items()]
+    assert job.check_header(_c(0), metas) is None
+    assert "task 2 is not in [0, 2)" in str(job.check_header(_c(2), metas))
+    assert "open round is 0" in str(job.check_header(_c(0, round_index=1), metas))
+    wrong = [TensorMeta(metas[0].name, torch.float16, metas[0].shape, "none", 0), *metas[1:]]
+    rejection = job.check_header(_c(0), wrong)
+    assert rejection is not None and rejection.kind == "tensors"
+    assert "the model needs torch.float32" in rejection.reason
+
+
+def test_only_the_latest_version_is_served() -> None:
+    job, _ = _job()
+    with pytest.raises(NotFound, match="version 4 is not available; the latest is 0"):
+        job.snapshot(4)
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(InvalidSpec, match=r"tasks_per_round \(0\) must be >= 1"):
+        settings_from_spec("mlp", "digits", [], "adam", 0.1, "mean", 0, 0)
