@@ -174,6 +174,20 @@ class SchedulerCore:
             return
         yield from follow
 
+    def live_node_count(self) -> int:
+        """How many nodes hold a live lease."""
+        return len(self._nodes.nodes())
+
+    def task_counts(self) -> dict[str, int]:
+        """Tasks of every round in progress, by state."""
+        with self._lock:
+            runners = list(self._runners.values())
+        counts: dict[str, int] = {}
+        for runner in runners:
+            for state, count in runner.task_counts().items():
+                counts[state] = counts.get(state, 0) + count
+        return counts
+
     def wake_watchers(self, job_id: str) -> None:
         """Let the job's watch streams re-check whether their RPC ended."""
         runner = self._runner(job_id)

@@ -129,6 +129,17 @@ class JobRunner:
                 self._cond.notify_all()
             return accepted
 
+    def task_counts(self) -> dict[str, int]:
+        """Tasks of the round in progress by state (empty between rounds)."""
+        with self._cond:
+            state = self._round
+            if state is None:
+                return {}
+            counts: dict[str, int] = {}
+            for task in state.tasks:
+                counts[task.state.value] = counts.get(task.state.value, 0) + 1
+            return counts
+
     # -- the job's thread ----------------------------------------------------------------------
 
     def _run(self) -> None:

@@ -7,10 +7,12 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health
+from prometheus_client import REGISTRY
 
 from services.scheduler.aggregator_client import AggregatorClient
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.core import SchedulerCore
+from services.scheduler.metrics import SchedulerCollector
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.store import EtcdJobStore, NodeView
 from tessera.common.etcd import KeySchema, connect
@@ -63,6 +65,7 @@ def serve(config: SchedulerConfig) -> None:
     setup_logging(config.common.log_level)
     metrics_port = start_metrics(config.common.metrics_port)
     running = create_scheduler_server(config)
+    REGISTRY.register(SchedulerCollector(running.core))
     run_until_signalled(
         running.stop,
         ready_file=config.common.ready_file,

@@ -102,6 +102,9 @@ def up(
     registry_port: int = 50051,
     scheduler_port: int = 50052,
     aggregator_port: int = 50053,
+    metrics_port: Annotated[
+        int, typer.Option(help="Prometheus port of the registry; the others follow (with --serve)")
+    ] = 9101,
 ) -> None:
     """Start etcd, the four services and N workers locally; run the demo job; shut down."""
     from tessera.cli.cluster import ClusterPorts, LocalCluster
@@ -109,7 +112,9 @@ def up(
     console = Console(stderr=json_output)
     started = time.monotonic()
     ports = (
-        ClusterPorts(registry_port, scheduler_port, aggregator_port) if serve else ClusterPorts()
+        ClusterPorts(registry_port, scheduler_port, aggregator_port, metrics_port)
+        if serve
+        else ClusterPorts()
     )
     cluster = LocalCluster(workers=workers, ports=ports)
 

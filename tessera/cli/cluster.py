@@ -24,11 +24,20 @@ __all__ = ["ClusterPorts", "LocalCluster"]
 
 @dataclass(frozen=True)
 class ClusterPorts:
-    """Service ports; 0 lets each service pick a free one."""
+    """Service ports; 0 lets each service pick a free one.
+
+    ``metrics`` is the Prometheus port of the registry; the scheduler, aggregator and workers
+    take the following ports in that order (0: every process picks a free port; -1: off).
+    """
 
     registry: int = 0
     scheduler: int = 0
     aggregator: int = 0
+    metrics: int = 0
+
+    def metrics_port(self, offset: int) -> int:
+        """The metrics port of the process ``offset`` places after the registry."""
+        return self.metrics + offset if self.metrics > 0 else self.metrics
 
 
 @dataclass
@@ -68,6 +77,7 @@ class LocalCluster:
         self.etcd = EtcdProcess()
         self.services: dict[str, _Proc] = {}
         self.workers: list[_Proc] = []
+        self._worker_ready: dict[str, Path] = {}
 
     @property
     def registry_address(self) -> str:
@@ -84,7 +94,9 @@ class LocalCluster:
         """``127.0.0.1:<port>`` of the aggregator."""
         return f"127.0.0.1:{self.services['aggregator'].info['port']}"
 
-    def _spawn(self, name: str, module: str, args: list[str]) -> tuple[_Proc, Path]:
+    def _spawn(
+        self, name: str, module: str, args: list[str], metrics_offset: int
+    ) -> tuple[_Proc, Path]:
         ready = self.log_dir / f"{name}.ready"
         ready.unlink(missing_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
@@ -98,6 +110,8 @@ class LocalCluster:
                 str(ready),
                 "--log-level",
                 self.log_level,
+                "--metrics-port",
+                str(self.ports.metrics_port(metrics_offset)),
                 *args,
             ],
             stdout=log,
@@ -141,9 +155,13 @@ class LocalCluster:
                     "--patience",
                     str(self.patience),
                 ],
+                metrics_offset=0,
             )
             aggregator, aggregator_ready = self._spawn(
-                "aggregator", "services.aggregator", ["--port", str(self.ports.aggregator)]
+                "aggregator",
+                "services.aggregator",
+                ["--port", str(self.ports.aggregator)],
+                metrics_offset=2,
             )
             self.services.update(registry=registry, aggregator=aggregator)
             self._await_ready(aggregator, aggregator_ready)
@@ -157,6 +175,7 @@ class LocalCluster:
                     "--aggregator",
                     self.aggregator_address,
                 ],
+                metrics_offset=1,
             )
             self.services["scheduler"] = scheduler
             self._await_ready(registry, registry_ready)
@@ -173,7 +192,7 @@ class LocalCluster:
         index = len(self.workers)
         if slowdown is None:
             slowdown = self.worker_slowdowns[index] if index < len(self.worker_slowdowns) else 1.0
-        proc, _ready = self._spawn(
+        proc, ready = self._spawn(
             f"worker-{index}",
             "services.worker",
             [
@@ -186,9 +205,19 @@ class LocalCluster:
                 "--name",
                 f"worker-{index}",
             ],
+            metrics_offset=3 + index,
         )
         self.workers.append(proc)
+        self._worker_ready[proc.name] = ready
         return proc
+
+    def metrics_ports(self) -> dict[str, int]:
+        """Prometheus port of every process (waits for workers to report theirs)."""
+        for proc in self.workers:
+            if not proc.info:
+                self._await_ready(proc, self._worker_ready[proc.name])
+        procs = [*self.services.values(), *self.workers]
+        return {p.name: int(p.info["metrics_port"]) for p in procs if p.info.get("metrics_port")}
 
     def kill_worker(self, index: int) -> None:
         """SIGKILL a worker: no deregistration, its lease must expire."""

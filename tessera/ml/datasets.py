@@ -1,32 +1,66 @@
-"""Data sets that every node can load without a network, and deterministic shards of them."""
+"""Data sets that every node can load without a network, and deterministic shards of them.
+
+Two kinds of data: classification ``Dataset``s (``DATASETS``, e.g. the 8x8 digits) and text
+corpora for language modelling (``CORPORA``, e.g. ``"stdlib"``, see ``tessera.ml.text``).
+``load_data`` loads either by name. A task's batch depends only on (seed, round, task), so a
+reassigned task computes the same contribution on any node: ``task_batch_indices`` picks
+samples from an IID shard, ``task_window_starts`` picks windows from a contiguous shard of a
+corpus.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import ClassVar, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from tessera.common.errors import InvalidSpec
+from tessera.ml.text import TextCorpus, load_stdlib
 
 __all__ = [
+    "CORPORA",
     "DATASETS",
+    "DEFAULT_TEXT_BATCH",
+    "LOCAL_DATASET",
+    "DataSource",
     "Dataset",
+    "eval_window_starts",
+    "load_data",
     "load_dataset",
     "shard_indices",
     "stratified_split",
     "task_batch_indices",
+    "task_seed",
+    "task_window_starts",
 ]
+
+# Windows per task when a job asks for "the whole shard" of a corpus, which is no batch size.
+DEFAULT_TEXT_BATCH = 32
+# Not a registered data set: a job naming it trains each worker on its own file
+# (``tessera.ml.federated.load_local_dataset``), which never leaves the worker.
+LOCAL_DATASET = "local"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A classification data set split into train and held-out parts."""
+    """A classification data set split into train and held-out parts.
+
+    Inputs are stored flat, ``(samples, num_features)``; ``input_shape`` says how to view one
+    (``(1, 8, 8)`` for the digits) and defaults to ``(num_features,)``.
+
+    Raises:
+        InvalidSpec: ``input_shape`` does not hold ``num_features`` values.
+    """
+
+    kind: ClassVar[str] = "classification"
 
     name: str
     train_x: torch.Tensor
@@ -34,11 +68,24 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    input_shape: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.input_shape:
+            object.__setattr__(self, "input_shape", (self.num_features,))
+        elif math.prod(self.input_shape) != self.num_features:
+            raise InvalidSpec(
+                f"input_shape {self.input_shape} holds {math.prod(self.input_shape)} values; "
+                f"the inputs have {self.num_features}"
+            )
 
     @property
     def num_features(self) -> int:
         """Width of one flattened input."""
-        return int(self.train_x[0].numel())
+        return int(self.train_x[0].numel()) if len(self.train_x) else int(self.train_x.shape[-1])
+
+
+DataSource: TypeAlias = Dataset | TextCorpus
 
 
 def _digits() -> Dataset:
@@ -60,6 +107,7 @@ def _digits() -> Dataset:
         test_x=torch.from_numpy(x[test]),
         test_y=torch.from_numpy(y[test]),
         num_classes=10,
+        input_shape=(1, 8, 8),
     )
 
 
@@ -79,22 +127,50 @@ def stratified_split(
 
 
 DATASETS: dict[str, Callable[[], Dataset]] = {"digits": _digits}
+CORPORA: dict[str, Callable[[], TextCorpus]] = {"stdlib": load_stdlib}
 
 
 @cache
 def load_dataset(name: str) -> Dataset:
-    """Load a data set by name (cached per process).
+    """Load a classification data set by name (cached per process).
 
     Raises:
-        InvalidSpec: the name is not in ``DATASETS``.
+        InvalidSpec: the name is not in ``DATASETS`` (the message says when it names a text
+            corpus, which ``load_data`` loads).
     """
     try:
         factory = DATASETS[name]
     except KeyError:
+        if name in CORPORA:
+            raise InvalidSpec(
+                f"dataset {name!r} is a text corpus for language modelling; classification "
+                f"data sets are: {', '.join(sorted(DATASETS))}"
+            ) from None
         raise InvalidSpec(
             f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}"
         ) from None
     return factory()
+
+
+def load_data(name: str) -> DataSource:
+    """Load a classification data set or a text corpus by name (cached per process).
+
+    Raises:
+        InvalidSpec: the name is in neither ``DATASETS`` nor ``CORPORA``.
+    """
+    if name in DATASETS:
+        return load_dataset(name)
+    factory = CORPORA.get(name)
+    if factory is not None:
+        return factory()
+    if name == LOCAL_DATASET:
+        raise InvalidSpec(
+            f"dataset {name!r} is each worker's own file; a worker loads it with "
+            "load_local_dataset(path)"
+        )
+    raise InvalidSpec(
+        f"unknown dataset {name!r}; choose one of: {', '.join(sorted([*DATASETS, *CORPORA]))}"
+    )
 
 
 def shard_indices(num_items: int, num_shards: int, index: int, *, seed: int) -> torch.Tensor:
@@ -130,7 +206,60 @@ def task_batch_indices(
     shard = shard_indices(num_items, num_tasks, task_index, seed=seed)
     if not batch_size or batch_size >= len(shard):
         return shard
-    generator = torch.Generator().manual_seed(
-        (seed * 1_000_003 + round_index * 7919 + task_index) % (2**63)
-    )
+    generator = torch.Generator().manual_seed(task_seed(seed, round_index, task_index))
     return shard[torch.randperm(len(shard), generator=generator)[:batch_size]]
+
+
+def task_seed(seed: int, round_index: int, task_index: int) -> int:
+    """The random seed of one task of one round of a job."""
+    return (seed * 1_000_003 + round_index * 7919 + task_index) % (2**63)
+
+
+def task_window_starts(
+    num_bytes: int,
+    context: int,
+    num_tasks: int,
+    task_index: int,
+    *,
+    batch_size: int,
+    seed: int,
+    round_index: int,
+) -> torch.Tensor:
+    """Start offsets of the ``context + 1``-byte windows task ``task_index`` trains on.
+
+    Shards are contiguous byte ranges, one per task, and a window never crosses its shard's
+    end. ``batch_size`` windows (``DEFAULT_TEXT_BATCH`` when 0) are drawn with replacement from
+    a generator seeded by (seed, round, task), as in ``task_batch_indices``.
+
+    Raises:
+        InvalidSpec: the index is out of range or a shard is shorter than one window.
+    """
+    if not 0 <= task_index < num_tasks:
+        raise InvalidSpec(f"shard index ({task_index}) must be in [0, {num_tasks})")
+    if context < 1:
+        raise InvalidSpec(f"context ({context}) must be >= 1")
+    low = num_bytes * task_index // num_tasks
+    high = num_bytes * (task_index + 1) // num_tasks - context  # exclusive bound on starts
+    if high <= low:
+        raise InvalidSpec(
+            f"a corpus of {num_bytes} bytes split into {num_tasks} shards leaves "
+            f"{num_bytes // num_tasks} bytes per shard; a window needs {context + 1}"
+        )
+    generator = torch.Generator().manual_seed(task_seed(seed, round_index, task_index))
+    count = batch_size or DEFAULT_TEXT_BATCH
+    return torch.randint(low, high, (count,), generator=generator)
+
+
+def eval_window_starts(num_bytes: int, context: int, count: int) -> torch.Tensor:
+    """Start offsets of ``count`` evenly spaced ``context + 1``-byte windows (fewer if short).
+
+    Raises:
+        InvalidSpec: the text is shorter than one window or ``count`` < 1.
+    """
+    if count < 1:
+        raise InvalidSpec(f"evaluation window count ({count}) must be >= 1")
+    last = num_bytes - context - 1
+    if last < 0:
+        raise InvalidSpec(f"held-out text of {num_bytes} bytes is shorter than one window")
+    count = min(count, last + 1)
+    return torch.arange(count) * last // max(count - 1, 1)

@@ -1,25 +1,60 @@
-"""Training arithmetic shared by workers (gradients) and the aggregator (steps, evaluation)."""
+"""Training arithmetic shared by workers (gradients) and the aggregator (steps, evaluation).
+
+``compute_gradient`` and ``evaluate`` are the classification-only forms; the general forms
+take an ``Objective`` (``compute_objective_gradient``) or any data set (``evaluate_dataset``).
+Optimizers: Adam (Kingma & Ba 2015), AdamW with decoupled weight decay (Loshchilov & Hutter
+2019), SGD with momentum, and SGD with Nesterov momentum (Sutskever et al. 2013), a common
+outer optimizer for local-SGD training (DiLoCo, Douillard et al. 2023).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from tessera.common.errors import InvalidSpec
+from tessera.ml.datasets import DataSource
+from tessera.ml.objectives import Metrics, Objective, objective_for
+from tessera.ml.zoo import ModelSpec
 
-__all__ = ["Evaluation", "apply_gradient", "compute_gradient", "evaluate", "make_optimizer"]
+__all__ = [
+    "OPTIMIZERS",
+    "Evaluation",
+    "apply_gradient",
+    "compute_gradient",
+    "compute_objective_gradient",
+    "evaluate",
+    "evaluate_dataset",
+    "make_optimizer",
+]
 
 
 def compute_gradient(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Mean cross-entropy gradient of ``model`` on ``(x, y)``; returns (gradients, loss)."""
+    return _gradient(model, lambda: nn.functional.cross_entropy(model(x), y))
+
+
+def compute_objective_gradient(
+    model: nn.Module, objective: Objective, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Gradient of ``objective.loss`` on one batch; returns (gradients by parameter, loss).
+
+    Gradients are keyed like ``model.named_parameters()`` (a tied weight appears once).
+    """
+    return _gradient(model, lambda: objective.loss(model, inputs, targets))
+
+
+def _gradient(
+    model: nn.Module, loss_of: Callable[[], torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], float]:
     model.train()
     model.zero_grad(set_to_none=True)
-    loss = nn.functional.cross_entropy(model(x), y)
+    loss = loss_of()
     loss.backward()  # type: ignore[no-untyped-call]
     grads = {
         name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
@@ -28,17 +63,26 @@ def compute_gradient(
     return grads, float(loss.item())
 
 
+OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]] = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=0.01),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+    "nesterov": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True),
+}
+
+
 def make_optimizer(name: str, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
-    """Build the optimizer a job spec names.
+    """Build the optimizer a job spec names (one of ``OPTIMIZERS``).
 
     Raises:
         InvalidSpec: unknown optimizer.
     """
-    if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=learning_rate)
-    if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9)
-    raise InvalidSpec(f"unknown optimizer {name!r}; choose one of: adam, sgd")
+    factory = OPTIMIZERS.get(name)
+    if factory is None:
+        raise InvalidSpec(
+            f"unknown optimizer {name!r}; choose one of: {', '.join(sorted(OPTIMIZERS))}"
+        )
+    return factory(model.parameters(), learning_rate)
 
 
 def apply_gradient(
@@ -69,3 +113,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Evaluation:
     loss = float(nn.functional.cross_entropy(logits, y).item())
     accuracy = float((logits.argmax(dim=1) == y).float().mean().item())
     return Evaluation(loss=loss, accuracy=accuracy)
+
+
+def evaluate_dataset(model: nn.Module, data: DataSource, spec: ModelSpec | None = None) -> Metrics:
+    """Held-out metrics of ``model`` on ``data`` with the objective of its kind.
+
+    For a corpus, windows are ``spec.context`` bytes long (the ``ModelSpec`` default when
+    ``spec`` is None). Building the objective once with ``objective_for`` and calling its
+    ``evaluate`` avoids re-slicing the held-out windows on every call.
+
+    Raises:
+        InvalidSpec: the held-out part is empty or shorter than one window.
+    """
+    return objective_for(data, spec).evaluate(model)

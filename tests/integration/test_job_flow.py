@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -111,7 +111,7 @@ def test_a_hand_driven_worker_completes_a_job_with_exactly_once_accounting(
     job_id = services.scheduler.SubmitJob(
         scheduler_pb2.SubmitJobRequest(spec=SPEC), timeout=30
     ).job_id
-    stream = services.scheduler.StreamTasks(
+    stream: Any = services.scheduler.StreamTasks(
         scheduler_pb2.StreamTasksRequest(node_id=node_id), timeout=60
     )
     receipts: list[int] = []
@@ -153,7 +153,7 @@ def test_bad_contributions_are_rejected_with_reasons_and_never_applied(
     job_id = services.scheduler.SubmitJob(
         scheduler_pb2.SubmitJobRequest(spec=SPEC), timeout=30
     ).job_id
-    stream = services.scheduler.StreamTasks(
+    stream: Any = services.scheduler.StreamTasks(
         scheduler_pb2.StreamTasksRequest(node_id=node_id), timeout=60
     )
     task = next(stream)
@@ -225,7 +225,7 @@ def test_bad_job_specs_get_invalid_argument_naming_the_field(
 
 
 def test_unknown_jobs_and_nodes_get_not_found(services: Cluster) -> None:
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "get": lambda: services.scheduler.GetJob(
             scheduler_pb2.GetJobRequest(job_id="nope"), timeout=5
         ),
