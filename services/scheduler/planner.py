@@ -11,7 +11,15 @@ import numpy.typing as npt
 from services.scheduler.policies import get_policy
 from services.scheduler.policies.base import Budget, StatusCode
 
-__all__ = ["NodeCapacity", "Placement", "build_etc", "place"]
+__all__ = [
+    "NodeCapacity",
+    "Placement",
+    "ResourceNeeds",
+    "ThroughputTracker",
+    "build_etc",
+    "feasibility",
+    "place",
+]
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,78 @@ class NodeCapacity:
     throughput: float
     bandwidth: float = 0.0
     failures: int = 0
+    memory_bytes: int = 0
+    gpu_count: int = 0
+    gpu_memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ResourceNeeds:
+    """What every task of a job needs from a node (0 = no requirement)."""
+
+    memory_bytes: int = 0
+    gpus: int = 0
+    gpu_memory_bytes: int = 0
+
+
+def feasibility(
+    num_tasks: int, needs: ResourceNeeds, nodes: Sequence[NodeCapacity]
+) -> tuple[npt.NDArray[np.bool_], tuple[str, ...]]:
+    """The (tasks x nodes) mask of nodes that meet the needs, and why nodes were filtered out.
+
+    The reasons are one line per unmet need, e.g. "no node with >= 8.0 GiB GPU memory", for
+    users to read when a task fits nowhere.
+    """
+    checks = [
+        (needs.memory_bytes, "memory", lambda n: n.memory_bytes >= needs.memory_bytes),
+        (needs.gpus, "GPUs", lambda n: n.gpu_count >= needs.gpus),
+        (
+            needs.gpu_memory_bytes,
+            "GPU memory",
+            lambda n: n.gpu_memory_bytes >= needs.gpu_memory_bytes,
+        ),
+    ]
+    ok = np.ones(len(nodes), dtype=np.bool_)
+    reasons = []
+    for required, label, test in checks:
+        if not required:
+            continue
+        passing = np.array([test(n) for n in nodes], dtype=np.bool_)
+        if not passing.any():
+            amount = f"{required / 2**30:.1f} GiB" if label != "GPUs" else str(required)
+            reasons.append(f"no node with >= {amount} {label}")
+        ok &= passing
+    return np.repeat(ok[None, :], num_tasks, axis=0), tuple(reasons)
+
+
+class ThroughputTracker:
+    """Observed training throughput per node: an exponential moving average of reports.
+
+    Profiles are measured once, on a reference model; observed task durations on the job's own
+    model correct them from the first report on.
+    """
+
+    def __init__(self, smoothing: float = 0.3) -> None:
+        self._smoothing = smoothing
+        self._observed: dict[str, float] = {}
+
+    def observe(self, node_id: str, samples: int, seconds: float) -> None:
+        """Record that ``node_id`` trained ``samples`` samples in ``seconds``."""
+        if samples <= 0 or seconds <= 0:
+            return
+        rate = samples / seconds
+        previous = self._observed.get(node_id)
+        self._observed[node_id] = (
+            rate if previous is None else previous + self._smoothing * (rate - previous)
+        )
+
+    def estimate(self, node_id: str, profile_throughput: float) -> float:
+        """The observed throughput if any, else the profile's."""
+        return self._observed.get(node_id, profile_throughput)
+
+    def forget(self, node_id: str) -> None:
+        """Drop a node's history (it left)."""
+        self._observed.pop(node_id, None)
 
 
 @dataclass(frozen=True)
@@ -62,15 +142,24 @@ def place(
     transfer_bytes: int,
     nodes: Sequence[NodeCapacity],
     *,
+    needs: ResourceNeeds = ResourceNeeds(),  # noqa: B008 - frozen dataclass, safe default
     seed: int = 0,
-    time_limit: float = 0.5,
+    time_limit: float = 0.2,
 ) -> Placement:
-    """Assign ``task_indices`` to ``nodes`` with the named policy."""
-    if not task_indices or not nodes:
+    """Assign ``task_indices`` to ``nodes`` with the named policy.
+
+    Tasks that fit no node stay unplaced; ``unplaced_reasons`` says why.
+    """
+    if not task_indices:
         return Placement({}, ())
+    if not nodes:
+        return Placement({}, ("no live node",))
     etc = build_etc(samples_per_task, transfer_bytes, nodes)
+    feasible, filtered = feasibility(len(task_indices), needs, nodes)
+    if filtered:
+        return Placement({}, filtered)
     budget = Budget(time_limit=time_limit, seed=seed)
-    assignment = get_policy(policy).assign(etc, None, budget)
+    assignment = get_policy(policy).assign(etc, feasible, budget)
     placed = {
         task: nodes[int(machine)].node_id
         for task, machine in zip(task_indices, assignment.machine_of_task, strict=True)

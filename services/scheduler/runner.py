@@ -17,7 +17,7 @@ from typing import Protocol
 
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.events import EventLog
-from services.scheduler.planner import NodeCapacity, place
+from services.scheduler.planner import NodeCapacity, ResourceNeeds, ThroughputTracker, place
 from services.scheduler.rounds import RoundState, TaskState
 from services.scheduler.store import JobStore
 from tessera.common.errors import TesseraError
@@ -73,6 +73,8 @@ class JobRunner:
         self._nodes_changed = False
         self._cancelled = False
         self._failures: dict[str, int] = {}
+        self._throughput = ThroughputTracker()
+        self._last_unplaced: tuple[str, ...] = ()
         self._thread = threading.Thread(target=self._run, name=f"job-{job.job_id}", daemon=True)
 
     # -- called from other threads -------------------------------------------------------------
@@ -107,6 +109,10 @@ class JobRunner:
             key = (request.job_id, request.round, request.task_index)
             if request.outcome == scheduler_pb2.TASK_OUTCOME_SUCCEEDED:
                 accepted = state.complete(request.task_index, request.node_id)
+                if accepted:
+                    self._throughput.observe(
+                        request.node_id, request.samples, request.compute_seconds
+                    )
             else:
                 holder = (
                     state.tasks[request.task_index].node_id
@@ -262,17 +268,31 @@ class JobRunner:
         nodes = [
             NodeCapacity(
                 n.node_id,
-                n.profile.throughput,
+                self._throughput.estimate(n.node_id, n.profile.throughput),
                 n.profile.bandwidth,
                 self._failures.get(n.node_id, 0),
+                n.profile.memory_bytes,
+                n.profile.gpu_count,
+                n.profile.gpu_memory_bytes,
             )
             for n in self._live_nodes().values()
             if n.node_id not in self._lost
         ]
         spec = self.job.spec
         samples = [spec.batch_size or 1 for _ in pending]
-        placement = place(spec.policy, pending, samples, 0, nodes, seed=spec.seed + state.round)
+        needs = ResourceNeeds(spec.min_memory_bytes, spec.min_gpus, spec.min_gpu_memory_bytes)
+        placement = place(
+            spec.policy, pending, samples, 0, nodes, needs=needs, seed=spec.seed + state.round
+        )
         state.assign(placement.nodes_of_tasks)
+        if placement.unplaced_reasons and placement.unplaced_reasons != self._last_unplaced:
+            unplaced = sorted(set(pending) - set(placement.nodes_of_tasks))
+            message = f"round {state.round}: tasks {unplaced} wait for a node: " + "; ".join(
+                placement.unplaced_reasons
+            )
+            self.job.message = message
+            self._publish(Kind.JOB_EVENT_KIND_WAITING, round=state.round, message=message)
+        self._last_unplaced = placement.unplaced_reasons
         now = time.monotonic()
         records = []
         for index, node_id in placement.nodes_of_tasks.items():

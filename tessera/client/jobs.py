@@ -34,6 +34,10 @@ class JobConfig:
     hidden_sizes: tuple[int, ...] = field(default_factory=tuple)
     task_timeout_seconds: float = 0.0
     name: str = ""
+    aggregation_options: dict[str, float] = field(default_factory=dict)
+    min_memory_bytes: int = 0
+    min_gpus: int = 0
+    min_gpu_memory_bytes: int = 0
 
     def to_proto(self) -> common_pb2.JobSpec:
         """The ``tessera.v1.JobSpec`` message."""
@@ -56,6 +60,7 @@ class JobConfig:
         """Inverse of ``to_proto``."""
         values: dict[str, Any] = {f.name: getattr(spec, f.name) for f in dataclasses.fields(cls)}
         values["hidden_sizes"] = tuple(spec.hidden_sizes)
+        values["aggregation_options"] = dict(spec.aggregation_options)
         return cls(**values)
 
     def with_(self, **changes: Any) -> JobConfig:

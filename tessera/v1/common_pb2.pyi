@@ -144,6 +144,26 @@ class JobSpec(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AggregationOptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
@@ -160,6 +180,10 @@ class JobSpec(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     HIDDEN_SIZES_FIELD_NUMBER: _builtins.int
     TASK_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    AGGREGATION_OPTIONS_FIELD_NUMBER: _builtins.int
+    MIN_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MIN_GPUS_FIELD_NUMBER: _builtins.int
+    MIN_GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Free-form label shown in listings."""
     model: _builtins.str
@@ -188,9 +212,17 @@ class JobSpec(_message.Message):
     seed: _builtins.int
     task_timeout_seconds: _builtins.float
     """A round that is not complete after this many seconds reassigns its outstanding tasks (0 = 60)."""
+    min_memory_bytes: _builtins.int
+    """What every task needs from a node (0 = nothing); nodes that lack it get no tasks."""
+    min_gpus: _builtins.int
+    min_gpu_memory_bytes: _builtins.int
     @_builtins.property
     def hidden_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Width of the hidden layers for models that have them (empty = the model's default)."""
+
+    @_builtins.property
+    def aggregation_options(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Options of the aggregation rule, e.g. {"f": 1} for krum or trimmed_mean."""
 
     def __init__(
         self,
@@ -211,10 +243,14 @@ class JobSpec(_message.Message):
         seed: _builtins.int = ...,
         hidden_sizes: _abc.Iterable[_builtins.int] | None = ...,
         task_timeout_seconds: _builtins.float = ...,
+        aggregation_options: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        min_memory_bytes: _builtins.int = ...,
+        min_gpus: _builtins.int = ...,
+        min_gpu_memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "batch_size", b"batch_size", "codec", b"codec", "dataset", b"dataset", "hidden_sizes", b"hidden_sizes", "learning_rate", b"learning_rate", "min_nodes", b"min_nodes", "model", b"model", "name", b"name", "optimizer", b"optimizer", "policy", b"policy", "rounds", b"rounds", "seed", b"seed", "target_accuracy", b"target_accuracy", "task_timeout_seconds", b"task_timeout_seconds", "tasks_per_round", b"tasks_per_round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "aggregation_options", b"aggregation_options", "batch_size", b"batch_size", "codec", b"codec", "dataset", b"dataset", "hidden_sizes", b"hidden_sizes", "learning_rate", b"learning_rate", "min_gpu_memory_bytes", b"min_gpu_memory_bytes", "min_gpus", b"min_gpus", "min_memory_bytes", b"min_memory_bytes", "min_nodes", b"min_nodes", "model", b"model", "name", b"name", "optimizer", b"optimizer", "policy", b"policy", "rounds", b"rounds", "seed", b"seed", "target_accuracy", b"target_accuracy", "task_timeout_seconds", b"task_timeout_seconds", "tasks_per_round", b"tasks_per_round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -269,3 +269,21 @@ def test_cancel_stops_a_job_waiting_for_nodes(services: Cluster) -> None:
     assert waiting.is_set()
     job = services.scheduler.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job_id), timeout=30)
     assert job.state == common_pb2.JOB_STATE_CANCELLED
+
+
+def test_a_task_no_node_can_take_waits_and_watch_says_why(services: Cluster, node: str) -> None:
+    spec = common_pb2.JobSpec(min_nodes=1, min_gpu_memory_bytes=8 * 2**30)
+    job_id = services.scheduler.SubmitJob(
+        scheduler_pb2.SubmitJobRequest(spec=spec), timeout=30
+    ).job_id
+    events = services.scheduler.WatchJob(scheduler_pb2.WatchJobRequest(job_id=job_id), timeout=30)
+    reason = ""
+    for event in events:
+        # Either a WAITING event, or the snapshot of a job that already waits.
+        text = event.message or event.job.message
+        if "wait for a node" in text:
+            reason = text
+            break
+    assert "no node with >= 8.0 GiB GPU memory" in reason
+    job = services.scheduler.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job_id), timeout=30)
+    assert job.state == common_pb2.JOB_STATE_CANCELLED

@@ -1,6 +1,13 @@
 import numpy as np
 
-from services.scheduler.planner import NodeCapacity, build_etc, place
+from services.scheduler.planner import (
+    NodeCapacity,
+    ResourceNeeds,
+    ThroughputTracker,
+    build_etc,
+    feasibility,
+    place,
+)
 
 
 def test_etc_is_compute_plus_transfer_inflated_by_failures() -> None:
@@ -23,4 +30,35 @@ def test_place_maps_task_indices_to_node_ids() -> None:
 
 def test_nothing_to_place_or_nowhere_to_place_gives_an_empty_placement() -> None:
     assert place("min_min", [], [], 0, [NodeCapacity("a", 1.0)]).nodes_of_tasks == {}
-    assert place("min_min", [0], [1], 0, []).nodes_of_tasks == {}
+    assert place("min_min", [0], [1], 0, []).unplaced_reasons == ("no live node",)
+
+
+def test_feasibility_filters_nodes_and_says_which_need_nobody_meets() -> None:
+    nodes = [
+        NodeCapacity("small", 1.0, memory_bytes=2 * 2**30),
+        NodeCapacity("big", 1.0, memory_bytes=16 * 2**30, gpu_count=1, gpu_memory_bytes=2**30),
+    ]
+    mask, reasons = feasibility(2, ResourceNeeds(memory_bytes=8 * 2**30), nodes)
+    assert mask.tolist() == [[False, True], [False, True]]
+    assert reasons == ()
+    _, reasons = feasibility(1, ResourceNeeds(gpu_memory_bytes=8 * 2**30), nodes)
+    assert reasons == ("no node with >= 8.0 GiB GPU memory",)
+
+
+def test_unplaceable_tasks_come_back_with_the_reason() -> None:
+    placement = place(
+        "min_min", [0, 1], [1, 1], 0, [NodeCapacity("cpu", 1.0)], needs=ResourceNeeds(gpus=2)
+    )
+    assert placement.nodes_of_tasks == {}
+    assert placement.unplaced_reasons == ("no node with >= 2 GPUs",)
+
+
+def test_observed_throughput_replaces_the_profile_and_is_smoothed() -> None:
+    tracker = ThroughputTracker(smoothing=0.5)
+    assert tracker.estimate("n", 100.0) == 100.0
+    tracker.observe("n", samples=10, seconds=1.0)
+    assert tracker.estimate("n", 100.0) == 10.0
+    tracker.observe("n", samples=30, seconds=1.0)
+    assert tracker.estimate("n", 100.0) == 20.0
+    tracker.observe("n", samples=0, seconds=1.0)
+    assert tracker.estimate("n", 100.0) == 20.0
