@@ -47,7 +47,7 @@ def single_process(target: float) -> tuple[float, int, float]:
                 round_index=round_index,
             )
             grads.append(compute_gradient(model, data.train_x[batch], data.train_y[batch])[0])
-        mean = {k: sum(g[k] for g in grads) / len(grads) for k in grads[0]}
+        mean = {k: torch.stack([g[k] for g in grads]).mean(dim=0) for k in grads[0]}
         apply_gradient(model, optimizer, mean)
         accuracy = evaluate(model, data.test_x, data.test_y).accuracy
         if accuracy >= target:
@@ -59,7 +59,7 @@ def cluster_run() -> dict[str, float]:
     """One ``tessera up --json``; its summary line plus the wall time of the whole command."""
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "tessera.cli.app", "up", "--json"],
+        [sys.executable, "-m", "tessera.cli", "up", "--json"],
         capture_output=True,
         text=True,
         check=True,

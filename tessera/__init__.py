@@ -9,7 +9,19 @@ Packages:
     v1: generated protobuf/gRPC modules.
 """
 
-from tessera.client import Client, JobConfig, JobHandle
+from tessera.client import (
+    AsyncClient,
+    Client,
+    EventKind,
+    Job,
+    JobConfig,
+    JobEvent,
+    JobHandle,
+    JobState,
+    Node,
+    RetryPolicy,
+    RoundMetrics,
+)
 from tessera.common.errors import (
     Conflict,
     InvalidSpec,
@@ -21,13 +33,21 @@ from tessera.common.errors import (
 )
 
 __all__ = [
+    "AsyncClient",
     "Client",
     "Conflict",
+    "EventKind",
     "InvalidSpec",
+    "Job",
     "JobConfig",
+    "JobEvent",
     "JobHandle",
+    "JobState",
+    "Node",
     "NotFound",
     "QuotaExceeded",
+    "RetryPolicy",
+    "RoundMetrics",
     "TesseraError",
     "Unauthenticated",
     "Unavailable",

@@ -110,6 +110,7 @@ class SchedulerCore:
             spec=normalized,
             state=common_pb2.JOB_STATE_PENDING,
             created_at=time.time(),
+            aggregator_address=self._aggregator.address,
         )
         self._store.save_job(job)
         self._start_runner(job)
@@ -131,13 +132,22 @@ class SchedulerCore:
         runner = self._runner(job_id)
         return _copy(runner.job) if runner else self._store.get_job(job_id)
 
-    def list(self) -> list[common_pb2.Job]:
+    def list_jobs(self) -> list[common_pb2.Job]:
         """Every job, oldest first."""
         stored = {j.job_id: j for j in self._store.list_jobs()}
         with self._lock:
             live = {job_id: _copy(r.job) for job_id, r in self._runners.items()}
         stored.update(live)
         return sorted(stored.values(), key=lambda j: j.created_at)
+
+    def metrics(self, job_id: str) -> list[common_pb2.RoundMetrics]:
+        """Every completed round's metrics, oldest first.
+
+        Raises:
+            NotFound: no such job.
+        """
+        self.get(job_id)
+        return self._store.round_metrics(job_id)
 
     def cancel(self, job_id: str) -> common_pb2.Job:
         """Cancel a running job; a finished job is returned unchanged.

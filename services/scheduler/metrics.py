@@ -34,7 +34,7 @@ class SchedulerCollector(Collector):
         jobs = GaugeMetricFamily("tessera_jobs", "Jobs by state", labels=["state"])
         by_state = Counter(
             common_pb2.JobState.Name(j.state).removeprefix("JOB_STATE_").lower()
-            for j in self._core.list()
+            for j in self._core.list_jobs()
         )
         for state, count in sorted(by_state.items()):
             jobs.add_metric([state], count)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +58,7 @@ def feasibility(
     The reasons are one line per unmet need, e.g. "no node with >= 8.0 GiB GPU memory", for
     users to read when a task fits nowhere.
     """
-    checks = [
+    checks: list[tuple[int, str, Callable[[NodeCapacity], bool]]] = [
         (needs.memory_bytes, "memory", lambda n: n.memory_bytes >= needs.memory_bytes),
         (needs.gpus, "GPUs", lambda n: n.gpu_count >= needs.gpus),
         (

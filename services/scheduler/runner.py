@@ -176,7 +176,7 @@ class JobRunner:
             self.job.rounds_completed = round_index + 1
             self.job.model_version = metrics.model_version
             self.job.last_metrics.CopyFrom(metrics)
-            self._store.save_job(self.job)
+            self._store.save_round(self.job, metrics)
             self._publish(Kind.JOB_EVENT_KIND_ROUND_COMPLETED, round=round_index, metrics=metrics)
             round_index += 1
             if spec.target_accuracy and metrics.test_accuracy >= spec.target_accuracy:

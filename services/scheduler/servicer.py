@@ -26,7 +26,7 @@ def _stop_event(context: grpc.ServicerContext, wake: Callable[[], None]) -> thre
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
-    """SubmitJob, GetJob, ListJobs, WatchJob, CancelJob, StreamTasks, ReportTask."""
+    """SubmitJob, GetJob, ListJobs, WatchJob, CancelJob, GetMetrics, StreamTasks, ReportTask."""
 
     def __init__(self, core: SchedulerCore) -> None:
         self._core = core
@@ -44,7 +44,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def ListJobs(  # noqa: D102, N802
         self, request: scheduler_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.ListJobsResponse:
-        return scheduler_pb2.ListJobsResponse(jobs=self._core.list())
+        return scheduler_pb2.ListJobsResponse(jobs=self._core.list_jobs())
 
     def WatchJob(  # noqa: D102, N802
         self, request: scheduler_pb2.WatchJobRequest, context: grpc.ServicerContext
@@ -56,6 +56,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> common_pb2.Job:
         return self._core.cancel(request.job_id)
+
+    def GetMetrics(  # noqa: D102, N802
+        self, request: scheduler_pb2.GetMetricsRequest, context: grpc.ServicerContext
+    ) -> scheduler_pb2.GetMetricsResponse:
+        return scheduler_pb2.GetMetricsResponse(rounds=self._core.metrics(request.job_id))
 
     def StreamTasks(  # noqa: D102, N802
         self, request: scheduler_pb2.StreamTasksRequest, context: grpc.ServicerContext

@@ -62,6 +62,21 @@ class JobStore(Protocol):
             StoreUnavailable: the store cannot be reached.
         """
 
+    def save_round(self, job: common_pb2.Job, metrics: common_pb2.RoundMetrics) -> None:
+        """Write a round's metrics and the updated job record in one transaction.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+
+    def round_metrics(self, job_id: str) -> list[common_pb2.RoundMetrics]:
+        """Every stored round's metrics of a job, oldest first.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+            StoreCorrupt: a record cannot be decoded.
+        """
+
 
 def _decode_job(raw: bytes) -> common_pb2.Job:
     try:
@@ -107,6 +122,28 @@ class EtcdJobStore:
         ]
         with translate_errors("task write"):
             self._client.transaction(compare=[], success=puts, failure=[])
+
+    def save_round(  # noqa: D102 - contract in JobStore
+        self, job: common_pb2.Job, metrics: common_pb2.RoundMetrics
+    ) -> None:
+        txn = self._client.transactions
+        puts = [
+            txn.put(self._keys.job(job.job_id), json_format.MessageToJson(job, indent=0)),
+            txn.put(
+                self._keys.round_metrics(job.job_id, metrics.round),
+                json_format.MessageToJson(metrics, indent=0),
+            ),
+        ]
+        with translate_errors("round write"):
+            self._client.transaction(compare=[], success=puts, failure=[])
+
+    def round_metrics(self, job_id: str) -> list[common_pb2.RoundMetrics]:  # noqa: D102
+        with translate_errors("metrics read"):
+            rows = list(self._client.get_prefix(self._keys.metrics(job_id)))
+        try:
+            return [json_format.Parse(raw, common_pb2.RoundMetrics()) for raw, _meta in rows]
+        except json_format.ParseError as exc:
+            raise StoreCorrupt(f"undecodable round metrics of job {job_id!r}: {exc}") from exc
 
 
 class NodeView:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,15 +13,23 @@ from typing import Annotated, Any, TypeVar
 import typer
 from google.protobuf import json_format
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from tessera.cli.exit_codes import ExitCode
-from tessera.client import Client, JobConfig
+from tessera.client import Client, EventKind, Job, JobConfig, JobState
 from tessera.common.errors import InvalidSpec, NotFound, TesseraError, Unavailable
-from tessera.v1 import common_pb2, scheduler_pb2
 
 __all__ = ["DEMO_JOB", "app", "main"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Tessera: train models on volunteered compute.",
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(no_args_is_help=True, help="Work with trained models.")
+app.add_typer(model_app, name="model")
 
 # The demo: an MLP on the 8x8 digits that scikit-learn ships, data-parallel over the workers.
 DEMO_JOB = JobConfig(
@@ -36,59 +46,89 @@ DEMO_JOB = JobConfig(
 )
 
 T = TypeVar("T")
-SCHEDULER = Annotated[str, typer.Option(help="scheduler host:port")]
-REGISTRY = Annotated[str, typer.Option(help="registry host:port")]
+Scheduler = Annotated[str, typer.Option(envvar="TESSERA_SCHEDULER", help="scheduler host:port")]
+Registry = Annotated[str, typer.Option(envvar="TESSERA_REGISTRY", help="registry host:port")]
+AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
 def _guard(fn: Callable[[], T]) -> T:
     """Run a command body; turn domain errors into one line on stderr and an exit code."""
     err = Console(stderr=True)
+    codes: list[tuple[type[TesseraError], ExitCode]] = [
+        (InvalidSpec, ExitCode.INVALID_INPUT),
+        (NotFound, ExitCode.NOT_FOUND),
+        (Unavailable, ExitCode.UNAVAILABLE),
+        (TesseraError, ExitCode.ERROR),
+    ]
     try:
         return fn()
-    except InvalidSpec as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(ExitCode.INVALID_INPUT) from None
-    except NotFound as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(ExitCode.NOT_FOUND) from None
-    except Unavailable as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(ExitCode.UNAVAILABLE) from None
     except TesseraError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(ExitCode.ERROR) from None
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        code = next(c for cls, c in codes if isinstance(exc, cls))
+        raise typer.Exit(code) from None
 
 
-def _job_summary(job: common_pb2.Job) -> dict[str, Any]:
+def job_summary(job: Job) -> dict[str, Any]:
+    """The fields a person scans first."""
+    m = job.last_metrics
     return {
         "job_id": job.job_id,
-        "state": common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower(),
+        "name": job.spec.name,
+        "state": job.state.value,
         "rounds": job.rounds_completed,
-        "test_accuracy": round(job.last_metrics.test_accuracy, 4),
-        "test_loss": round(job.last_metrics.test_loss, 4),
+        "test_accuracy": round(m.test_accuracy, 4) if m else None,
+        "test_loss": round(m.test_loss, 4) if m else None,
         "message": job.message,
     }
 
 
-def follow_job(client: Client, job_id: str, console: Console) -> common_pb2.Job:
-    """Print progress lines for a job until it ends; return the final record."""
-    for event in client.watch(job_id):
-        kind = event.kind
-        m = event.metrics
-        if kind == scheduler_pb2.JOB_EVENT_KIND_ROUND_COMPLETED:
-            console.print(
-                f"round {m.round + 1:4d}  loss {m.train_loss:.4f}  "
-                f"test loss {m.test_loss:.4f}  accuracy {m.test_accuracy:.4f}  "
-                f"nodes {event.live_nodes}  {m.seconds * 1e3:.0f} ms",
-                highlight=False,
-            )
-        elif kind in (
-            scheduler_pb2.JOB_EVENT_KIND_WAITING,
-            scheduler_pb2.JOB_EVENT_KIND_TASK_REASSIGNED,
-            scheduler_pb2.JOB_EVENT_KIND_FINISHED,
-        ):
-            console.print(f"[yellow]{event.message}[/yellow]", highlight=False)
+def follow_job(client: Client, job_id: str, console: Console, *, live: bool = True) -> Job:
+    """Show a job's progress until it ends; return the final record.
+
+    With ``live`` (an interactive terminal) a progress bar shows round, loss, accuracy, live
+    nodes and the time remaining; otherwise one line per round.
+    """
+    live = live and console.is_terminal
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+        TextColumn("{task.fields[detail]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not live,
+    )
+    with progress:
+        bar = progress.add_task("training", total=None, detail="")
+        for event in client.watch(job_id):
+            spec = event.job.spec
+            progress.update(bar, total=spec.rounds or None)
+            m = event.metrics
+            if event.kind is EventKind.ROUND_COMPLETED and m is not None:
+                detail = (
+                    f"loss {m.train_loss:.4f}  accuracy {m.test_accuracy:.4f}  "
+                    f"nodes {event.live_nodes}"
+                )
+                progress.update(bar, completed=m.round + 1, detail=detail)
+                if not live:
+                    console.print(
+                        f"round {m.round + 1:4d}  loss {m.train_loss:.4f}  "
+                        f"test loss {m.test_loss:.4f}  accuracy {m.test_accuracy:.4f}  "
+                        f"nodes {event.live_nodes}  {m.seconds * 1e3:.0f} ms",
+                        highlight=False,
+                    )
+            elif event.kind is EventKind.SNAPSHOT:
+                progress.update(bar, completed=event.job.rounds_completed)
+            elif event.message:
+                progress.console.print(f"[yellow]{event.message}[/yellow]", highlight=False)
     return client.get_job(job_id)
+
+
+def _wait_for_interrupt() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
 
 
 @app.command()
@@ -103,7 +143,7 @@ def up(
     scheduler_port: int = 50052,
     aggregator_port: int = 50053,
     metrics_port: Annotated[
-        int, typer.Option(help="Prometheus port of the registry; the others follow (with --serve)")
+        int, typer.Option(help="Prometheus port of the registry; the others follow (--serve)")
     ] = 9101,
 ) -> None:
     """Start etcd, the four services and N workers locally; run the demo job; shut down."""
@@ -118,7 +158,8 @@ def up(
     )
     cluster = LocalCluster(workers=workers, ports=ports)
 
-    def body() -> None:
+    def body() -> Job | None:
+        job = None
         with cluster:
             console.print(
                 f"cluster up: etcd {cluster.etcd.endpoint}, registry {cluster.registry_address}, "
@@ -127,130 +168,256 @@ def up(
                 highlight=False,
             )
             with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
-                job = None
                 if demo:
                     spec = DEMO_JOB.with_(min_nodes=workers, tasks_per_round=workers)
                     handle = client.submit(spec)
                     console.print(f"submitted demo job {handle.job_id}", highlight=False)
-                    job = follow_job(client, handle.job_id, console)
+                    job = follow_job(client, handle.job_id, console, live=not json_output)
                 if serve:
-                    console.print("serving; press Ctrl-C to stop")
+                    console.print("serving; press Ctrl-C to stop", highlight=False)
                     _wait_for_interrupt()
-        if job is None:
-            return
-        summary = {
-            "job_id": job.job_id,
-            "test_accuracy": round(job.last_metrics.test_accuracy, 4),
-            "rounds": job.rounds_completed,
-            "seconds": round(time.monotonic() - started, 2),
-        }
-        console.print(
-            f"job {job.job_id} {common_pb2.JobState.Name(job.state)}: accuracy "
-            f"{summary['test_accuracy']} after {summary['rounds']} rounds "
-            f"in {summary['seconds']} s",
-            highlight=False,
-        )
-        if json_output:
-            print(json.dumps(summary), flush=True)
-        if job.state != common_pb2.JOB_STATE_SUCCEEDED:
-            raise typer.Exit(ExitCode.JOB_FAILED)
-        if job.last_metrics.test_accuracy < DEMO_JOB.target_accuracy:
-            raise typer.Exit(ExitCode.TARGET_MISSED)
+        return job
 
-    _guard(body)
-
-
-def _wait_for_interrupt() -> None:
-    import signal
-    import threading
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+    job = _guard(body)
+    if job is None:
+        return
+    accuracy = job.last_metrics.test_accuracy if job.last_metrics else 0.0
+    summary = {
+        "job_id": job.job_id,
+        "test_accuracy": round(accuracy, 4),
+        "rounds": job.rounds_completed,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    console.print(
+        f"job {job.job_id} {job.state.value}: accuracy {summary['test_accuracy']} after "
+        f"{summary['rounds']} rounds in {summary['seconds']} s",
+        highlight=False,
+    )
+    if json_output:
+        print(json.dumps(summary), flush=True)
+    if job.state is not JobState.SUCCEEDED:
+        raise typer.Exit(ExitCode.JOB_FAILED)
+    if accuracy < DEMO_JOB.target_accuracy:
+        raise typer.Exit(ExitCode.TARGET_MISSED)
 
 
 @app.command()
 def submit(
-    spec_file: Annotated[Path | None, typer.Argument(help="JSON job spec (proto JSON)")] = None,
-    scheduler: SCHEDULER = "127.0.0.1:50052",
+    spec_file: Annotated[
+        Path | None, typer.Argument(help="JSON job spec (proto JSON); flags override it")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="model of the zoo")] = None,
+    dataset: Annotated[str | None, typer.Option()] = None,
+    rounds: Annotated[int | None, typer.Option(min=1)] = None,
+    target_accuracy: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
+    min_nodes: Annotated[int | None, typer.Option(min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=0)] = None,
+    learning_rate: Annotated[float | None, typer.Option()] = None,
+    policy: Annotated[str | None, typer.Option(help="scheduling policy")] = None,
+    name: Annotated[str | None, typer.Option()] = None,
     watch: Annotated[bool, typer.Option(help="follow progress until the job ends")] = False,
+    scheduler: Scheduler = "127.0.0.1:50052",
 ) -> None:
-    """Submit a job from a JSON spec file (or the demo spec without one); print its id."""
+    """Submit a job from a JSON spec file and/or flags; print its id."""
 
     def body() -> None:
-        if spec_file is None:
-            spec = DEMO_JOB
-        else:
+        spec = JobConfig()
+        if spec_file is not None:
             try:
                 spec = JobConfig.from_json(spec_file.read_text())
             except (OSError, json_format.ParseError) as exc:
                 raise InvalidSpec(f"cannot read job spec {spec_file}: {exc}") from exc
+        flags = {
+            "model": model,
+            "dataset": dataset,
+            "rounds": rounds,
+            "target_accuracy": target_accuracy,
+            "min_nodes": min_nodes,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "policy": policy,
+            "name": name,
+        }
+        spec = spec.with_(**{k: v for k, v in flags.items() if v is not None})
         with Client(scheduler) as client:
             handle = client.submit(spec)
-            print(handle.job_id)
+            print(handle.job_id, flush=True)
             if watch:
-                follow_job(client, handle.job_id, Console())
+                follow_job(client, handle.job_id, Console(stderr=True))
 
     _guard(body)
 
 
 @app.command()
-def status(job_id: str, scheduler: SCHEDULER = "127.0.0.1:50052") -> None:
-    """Print a job's record as JSON."""
+def status(job_id: str, scheduler: Scheduler = "127.0.0.1:50052") -> None:
+    """Print a job's summary as JSON."""
 
     def body() -> None:
         with Client(scheduler) as client:
-            print(json_format.MessageToJson(client.get_job(job_id)))
+            print(json.dumps(job_summary(client.get_job(job_id))))
 
     _guard(body)
 
 
 @app.command("watch")
-def watch_cmd(job_id: str, scheduler: SCHEDULER = "127.0.0.1:50052") -> None:
-    """Follow a job's progress until it ends."""
+def watch_cmd(job_id: str, scheduler: Scheduler = "127.0.0.1:50052") -> None:
+    """Follow a job with a live progress bar until it ends."""
 
     def body() -> None:
         with Client(scheduler) as client:
-            job = follow_job(client, job_id, Console())
-            print(json.dumps(_job_summary(job)))
+            job = follow_job(client, job_id, Console(stderr=True))
+            print(json.dumps(job_summary(job)))
+            if job.state is not JobState.SUCCEEDED:
+                raise typer.Exit(ExitCode.JOB_FAILED)
 
     _guard(body)
 
 
 @app.command()
-def jobs(scheduler: SCHEDULER = "127.0.0.1:50052") -> None:
-    """List jobs, one JSON line each."""
+def jobs(scheduler: Scheduler = "127.0.0.1:50052", as_json: AsJson = False) -> None:
+    """List jobs."""
 
     def body() -> None:
         with Client(scheduler) as client:
-            for job in client.list_jobs():
-                print(json.dumps(_job_summary(job)))
+            rows = [job_summary(j) for j in client.list_jobs()]
+        _print_rows(rows, as_json, "jobs")
 
     _guard(body)
 
 
 @app.command()
-def nodes(registry: REGISTRY = "127.0.0.1:50051") -> None:
-    """List live nodes, one JSON line each."""
+def nodes(registry: Registry = "127.0.0.1:50051", as_json: AsJson = False) -> None:
+    """List live volunteer nodes."""
 
     def body() -> None:
         with Client(registry=registry) as client:
-            for node in client.list_nodes():
-                print(json.dumps(json_format.MessageToDict(node)))
+            rows = [
+                {
+                    "node_id": n.node_id,
+                    "hostname": n.hostname,
+                    "cores": n.cpu_cores,
+                    "gpus": n.gpu_count,
+                    "samples_per_s": round(n.throughput),
+                    "running": n.running_tasks,
+                    "completed": n.completed_tasks,
+                }
+                for n in client.list_nodes()
+            ]
+        _print_rows(rows, as_json, "nodes")
 
     _guard(body)
 
 
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    table = Table(title=title)
+    for column in rows[0] if rows else ["(none)"]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    Console().print(table)
+
+
 @app.command()
-def cancel(job_id: str, scheduler: SCHEDULER = "127.0.0.1:50052") -> None:
+def cancel(job_id: str, scheduler: Scheduler = "127.0.0.1:50052") -> None:
     """Cancel a job."""
 
     def body() -> None:
         with Client(scheduler) as client:
-            print(json.dumps(_job_summary(client.cancel(job_id))))
+            print(json.dumps(job_summary(client.cancel(job_id))))
+
+    _guard(body)
+
+
+@model_app.command("download")
+def model_download(
+    job_id: str,
+    path: Path,
+    scheduler: Scheduler = "127.0.0.1:50052",
+    aggregator: Annotated[
+        str | None, typer.Option(help="aggregator host:port, if not reachable as reported")
+    ] = None,
+) -> None:
+    """Save a job's latest model as a safetensors file."""
+
+    def body() -> None:
+        with Client(scheduler, aggregator=aggregator) as client:
+            saved = client.download_model(job_id, path)
+        print(
+            json.dumps(
+                {
+                    "path": str(saved.path),
+                    "job_id": saved.job_id,
+                    "model_version": saved.version,
+                    "tensors": saved.tensors,
+                    "bytes": saved.bytes,
+                }
+            )
+        )
+
+    _guard(body)
+
+
+@app.command()
+def plot(job_id: str, path: Path, scheduler: Scheduler = "127.0.0.1:50052") -> None:
+    """Draw a job's loss and accuracy curves to a PNG."""
+
+    def body() -> None:
+        with Client(scheduler) as client:
+            rounds = client.metrics(job_id)
+        if not rounds:
+            raise NotFound(f"job {job_id!r} has no completed rounds yet")
+        from tessera.cli.plot import plot_rounds
+
+        plot_rounds(rounds, path, title=f"job {job_id}")
+        print(str(path))
+
+    _guard(body)
+
+
+@app.command()
+def worker(
+    registry: Registry = "127.0.0.1:50051",
+    scheduler: Scheduler = "127.0.0.1:50052",
+    name: Annotated[str, typer.Option(help="name shown to operators")] = "",
+    threads: Annotated[int, typer.Option(min=1, help="torch threads for training")] = 1,
+) -> None:
+    """Join a cluster as a volunteer worker until Ctrl-C."""
+    from services.worker.__main__ import main as worker_main
+
+    args = ["--registry", registry, "--scheduler", scheduler, "--torch-threads", str(threads)]
+    if name:
+        args += ["--name", name]
+    worker_main(args)
+
+
+@app.command()
+def schedule(
+    etc_file: Annotated[Path, typer.Option(help="ETC matrix, Braun et al. format")],
+    tasks: Annotated[int, typer.Option(min=1)],
+    machines: Annotated[int, typer.Option(min=1)],
+    algorithm: Annotated[
+        str, typer.Option(help="min-min, max-min, sufferage, lpt, round-robin or genetic")
+    ] = "min-min",
+    time_limit: Annotated[float | None, typer.Option(help="seconds, for genetic")] = None,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON line")] = False,
+) -> None:
+    """Solve an ETC scheduling instance offline and print the makespan."""
+    from services.scheduler.offline import schedule_file
+
+    def body() -> None:
+        result = schedule_file(etc_file, tasks, machines, algorithm, time_limit, seed)
+        if as_json:
+            print(json.dumps(result))
+        else:
+            print(
+                f"{result['algorithm']}: makespan {result['makespan']:.3f} "
+                f"in {result['seconds']:.3f} s"
+            )
 
     _guard(body)
 
@@ -258,7 +425,3 @@ def cancel(job_id: str, scheduler: SCHEDULER = "127.0.0.1:50052") -> None:
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="tessera")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,19 +1,25 @@
-"""``Client``: the typed SDK for submitting and following jobs."""
+"""``Client``: the typed, synchronous SDK for submitting and following jobs."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
 import grpc
 
 from tessera.client.jobs import JobConfig
+from tessera.client.models import ModelFile, write_model
+from tessera.client.types import EventKind, Job, JobEvent, Node, RoundMetrics
+from tessera.common.errors import NotFound, Unavailable
 from tessera.common.retry import Backoff
 from tessera.common.rpc import call_with_retry, translate_rpc_errors
 from tessera.v1 import (
+    aggregator_pb2,
+    aggregator_pb2_grpc,
     common_pb2,
     registry_pb2,
     registry_pb2_grpc,
@@ -21,13 +27,22 @@ from tessera.v1 import (
     scheduler_pb2_grpc,
 )
 
-__all__ = ["Client", "JobHandle"]
+__all__ = ["Client", "JobHandle", "RetryPolicy"]
 
 R = TypeVar("R")
 
-_TERMINAL = frozenset(
-    {common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED}
-)
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How unary calls and watches retry UNAVAILABLE-like failures."""
+
+    attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+
+    def backoff(self) -> Backoff:
+        """A fresh backoff sequence."""
+        return Backoff(initial=self.initial_backoff, maximum=self.max_backoff)
 
 
 @dataclass(frozen=True)
@@ -37,30 +52,43 @@ class JobHandle:
     job_id: str
     client: Client
 
-    def get(self) -> common_pb2.Job:
+    def get(self) -> Job:
         """The job's current record."""
         return self.client.get_job(self.job_id)
 
-    def watch(self) -> Iterator[scheduler_pb2.JobEvent]:
+    def watch(self) -> Iterator[JobEvent]:
         """Progress events until the job ends."""
         return self.client.watch(self.job_id)
 
-    def wait(self) -> common_pb2.Job:
+    def wait(self) -> Job:
         """Block until the job ends; return its final record."""
         for _event in self.watch():
             pass
         return self.get()
 
-    def cancel(self) -> common_pb2.Job:
+    def cancel(self) -> Job:
         """Cancel the job."""
         return self.client.cancel(self.job_id)
+
+    def download_model(self, path: str | Path) -> ModelFile:
+        """Save the job's latest model as safetensors."""
+        return self.client.download_model(self.job_id, path)
 
 
 class Client:
     """A client of one Tessera cluster; a context manager that owns its channels.
 
     Errors are raised as ``TesseraError`` subclasses (``InvalidSpec``, ``NotFound``, ...) with
-    the server's message. Unary calls retry UNAVAILABLE with exponential backoff.
+    the server's message. Unary calls retry UNAVAILABLE with exponential backoff; ``watch``
+    reconnects and resumes after the last round it delivered.
+
+    Args:
+        scheduler: the scheduler's ``host:port``.
+        registry: the registry's ``host:port`` (for ``list_nodes``).
+        aggregator: override the aggregator address jobs report (for ``download_model`` from
+            outside the cluster's network).
+        retry: the retry policy.
+        timeout: deadline of each unary call, in seconds.
     """
 
     def __init__(
@@ -68,14 +96,16 @@ class Client:
         scheduler: str = "127.0.0.1:50052",
         *,
         registry: str = "127.0.0.1:50051",
-        retry_attempts: int = 5,
+        aggregator: str | None = None,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe default
         timeout: float = 30.0,
     ) -> None:
         self._scheduler_channel = grpc.insecure_channel(scheduler)
         self._registry_channel = grpc.insecure_channel(registry)
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._scheduler_channel)
         self._registry = registry_pb2_grpc.RegistryStub(self._registry_channel)
-        self._attempts = retry_attempts
+        self._aggregator_override = aggregator
+        self._retry = retry
         self._timeout = timeout
         self._stop = threading.Event()
 
@@ -83,8 +113,8 @@ class Client:
         return call_with_retry(
             lambda: fn(request, timeout=self._timeout),
             stop=self._stop,
-            attempts=self._attempts,
-            backoff=Backoff(initial=0.1, maximum=2.0),
+            attempts=self._retry.attempts,
+            backoff=self._retry.backoff(),
         )
 
     def submit(self, spec: JobConfig | common_pb2.JobSpec) -> JobHandle:
@@ -92,47 +122,108 @@ class Client:
 
         Raises:
             InvalidSpec: the spec breaks a rule; the message names the field.
+            Unavailable: the scheduler cannot be reached.
         """
         proto = spec.to_proto() if isinstance(spec, JobConfig) else spec
         response = self._call(self._scheduler.SubmitJob, scheduler_pb2.SubmitJobRequest(spec=proto))
         return JobHandle(response.job_id, self)
 
-    def get_job(self, job_id: str) -> common_pb2.Job:
-        """The job's record.
+    def job(self, job_id: str) -> JobHandle:
+        """A handle for an existing job (not checked until used)."""
+        return JobHandle(job_id, self)
 
-        Raises:
-            NotFound: no such job.
-        """
+    def _get_job_proto(self, job_id: str) -> common_pb2.Job:
         job: common_pb2.Job = self._call(
             self._scheduler.GetJob, scheduler_pb2.GetJobRequest(job_id=job_id)
         )
         return job
 
-    def list_jobs(self) -> list[common_pb2.Job]:
-        """Every job, oldest first."""
-        response = self._call(self._scheduler.ListJobs, scheduler_pb2.ListJobsRequest())
-        return list(response.jobs)
-
-    def cancel(self, job_id: str) -> common_pb2.Job:
-        """Cancel a job."""
-        job: common_pb2.Job = self._call(
-            self._scheduler.CancelJob, scheduler_pb2.CancelJobRequest(job_id=job_id)
-        )
-        return job
-
-    def list_nodes(self) -> list[common_pb2.Node]:
-        """Live volunteer nodes."""
-        response = self._call(self._registry.ListNodes, registry_pb2.ListNodesRequest())
-        return list(response.nodes)
-
-    def watch(self, job_id: str) -> Iterator[scheduler_pb2.JobEvent]:
-        """A snapshot event, then progress events until the job ends.
+    def get_job(self, job_id: str) -> Job:
+        """The job's record.
 
         Raises:
             NotFound: no such job.
         """
-        with translate_rpc_errors():
-            yield from self._scheduler.WatchJob(scheduler_pb2.WatchJobRequest(job_id=job_id))
+        return Job.from_proto(self._get_job_proto(job_id))
+
+    def list_jobs(self) -> list[Job]:
+        """Every job, oldest first."""
+        response = self._call(self._scheduler.ListJobs, scheduler_pb2.ListJobsRequest())
+        return [Job.from_proto(j) for j in response.jobs]
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job (a finished job is returned unchanged).
+
+        Raises:
+            NotFound: no such job.
+        """
+        job = self._call(self._scheduler.CancelJob, scheduler_pb2.CancelJobRequest(job_id=job_id))
+        return Job.from_proto(job)
+
+    def metrics(self, job_id: str) -> list[RoundMetrics]:
+        """Every completed round's metrics, oldest first.
+
+        Raises:
+            NotFound: no such job.
+        """
+        response = self._call(
+            self._scheduler.GetMetrics, scheduler_pb2.GetMetricsRequest(job_id=job_id)
+        )
+        return [RoundMetrics.from_proto(m) for m in response.rounds]
+
+    def list_nodes(self) -> list[Node]:
+        """Live volunteer nodes."""
+        response = self._call(self._registry.ListNodes, registry_pb2.ListNodesRequest())
+        return [Node.from_proto(n) for n in response.nodes]
+
+    def watch(self, job_id: str) -> Iterator[JobEvent]:
+        """A snapshot event, then progress events until the job ends.
+
+        If the connection drops, the watch reconnects (with backoff) and skips the rounds it
+        already delivered.
+
+        Raises:
+            NotFound: no such job.
+            Unavailable: the scheduler stayed unreachable through every retry.
+        """
+        delivered = -1
+        backoff = self._retry.backoff()
+        failures = 0
+        while True:
+            try:
+                with translate_rpc_errors():
+                    stream = self._scheduler.WatchJob(scheduler_pb2.WatchJobRequest(job_id=job_id))
+                    for raw in stream:
+                        event = JobEvent.from_proto(raw)
+                        if event.metrics is not None and event.kind is EventKind.ROUND_COMPLETED:
+                            if event.metrics.round <= delivered:
+                                continue
+                            delivered = event.metrics.round
+                        failures = 0
+                        yield event
+                return
+            except Unavailable:
+                failures += 1
+                if failures >= self._retry.attempts or backoff.wait(self._stop):
+                    raise
+
+    def download_model(self, job_id: str, path: str | Path) -> ModelFile:
+        """Save the job's latest model to ``path`` as safetensors (with the spec as metadata).
+
+        Raises:
+            NotFound: no such job, or its aggregator no longer holds the model.
+        """
+        job = self._get_job_proto(job_id)
+        address = self._aggregator_override or job.aggregator_address
+        if not address:
+            raise NotFound(f"job {job_id!r} has no aggregator address")
+        with grpc.insecure_channel(address) as channel:
+            stub = aggregator_pb2_grpc.AggregatorStub(channel)
+            with translate_rpc_errors():
+                frames = stub.GetModel(
+                    aggregator_pb2.GetModelRequest(job_id=job_id), timeout=self._timeout * 10
+                )
+                return write_model(Path(path), job, iter(frames))
 
     def close(self) -> None:
         """Close the channels."""

@@ -308,6 +308,7 @@ class Job(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    AGGREGATOR_ADDRESS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     rounds_completed: _builtins.int
@@ -317,6 +318,8 @@ class Job(_message.Message):
     """Why the job failed or waits, in words."""
     created_at: _builtins.float
     finished_at: _builtins.float
+    aggregator_address: _builtins.str
+    """Where the job's model lives (GetModel downloads it)."""
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -333,10 +336,11 @@ class Job(_message.Message):
         message: _builtins.str = ...,
         created_at: _builtins.float = ...,
         finished_at: _builtins.float = ...,
+        aggregator_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_metrics", b"last_metrics", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "job_id", b"job_id", "last_metrics", b"last_metrics", "message", b"message", "model_version", b"model_version", "rounds_completed", b"rounds_completed", "spec", b"spec", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator_address", b"aggregator_address", "created_at", b"created_at", "finished_at", b"finished_at", "job_id", b"job_id", "last_metrics", b"last_metrics", "message", b"message", "model_version", b"model_version", "rounds_completed", b"rounds_completed", "spec", b"spec", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -61,6 +61,11 @@ class SchedulerStub:
                 request_serializer=tessera_dot_v1_dot_scheduler__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_common__pb2.Job.FromString,
                 _registered_method=True)
+        self.GetMetrics = channel.unary_unary(
+                '/tessera.v1.Scheduler/GetMetrics',
+                request_serializer=tessera_dot_v1_dot_scheduler__pb2.GetMetricsRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_scheduler__pb2.GetMetricsResponse.FromString,
+                _registered_method=True)
         self.StreamTasks = channel.unary_stream(
                 '/tessera.v1.Scheduler/StreamTasks',
                 request_serializer=tessera_dot_v1_dot_scheduler__pb2.StreamTasksRequest.SerializeToString,
@@ -107,6 +112,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMetrics(self, request, context):
+        """Every completed round's metrics, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamTasks(self, request, context):
         """Worker-initiated: the scheduler sends tasks for this node down the stream.
         """
@@ -147,6 +159,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=tessera_dot_v1_dot_scheduler__pb2.CancelJobRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_common__pb2.Job.SerializeToString,
+            ),
+            'GetMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetrics,
+                    request_deserializer=tessera_dot_v1_dot_scheduler__pb2.GetMetricsRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_scheduler__pb2.GetMetricsResponse.SerializeToString,
             ),
             'StreamTasks': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamTasks,
@@ -295,6 +312,33 @@ class Scheduler:
             '/tessera.v1.Scheduler/CancelJob',
             tessera_dot_v1_dot_scheduler__pb2.CancelJobRequest.SerializeToString,
             tessera_dot_v1_dot_common__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Scheduler/GetMetrics',
+            tessera_dot_v1_dot_scheduler__pb2.GetMetricsRequest.SerializeToString,
+            tessera_dot_v1_dot_scheduler__pb2.GetMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class SchedulerStub:
     ListJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListJobsRequest, _scheduler_pb2.ListJobsResponse]
     WatchJob: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchJobRequest, _scheduler_pb2.JobEvent]
     CancelJob: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CancelJobRequest, _common_pb2.Job]
+    GetMetrics: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetMetricsRequest, _scheduler_pb2.GetMetricsResponse]
+    """Every completed round's metrics, oldest first."""
     StreamTasks: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.StreamTasksRequest, _scheduler_pb2.Task]
     """Worker-initiated: the scheduler sends tasks for this node down the stream."""
     ReportTask: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ReportTaskRequest, _scheduler_pb2.ReportTaskResponse]
@@ -53,6 +55,8 @@ class SchedulerAsyncStub(SchedulerStub):
     ListJobs: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListJobsRequest, _scheduler_pb2.ListJobsResponse]  # type: ignore[assignment]
     WatchJob: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchJobRequest, _scheduler_pb2.JobEvent]  # type: ignore[assignment]
     CancelJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CancelJobRequest, _common_pb2.Job]  # type: ignore[assignment]
+    GetMetrics: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetMetricsRequest, _scheduler_pb2.GetMetricsResponse]  # type: ignore[assignment]
+    """Every completed round's metrics, oldest first."""
     StreamTasks: _aio.UnaryStreamMultiCallable[_scheduler_pb2.StreamTasksRequest, _scheduler_pb2.Task]  # type: ignore[assignment]
     """Worker-initiated: the scheduler sends tasks for this node down the stream."""
     ReportTask: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReportTaskRequest, _scheduler_pb2.ReportTaskResponse]  # type: ignore[assignment]
@@ -94,6 +98,14 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.CancelJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.Job, _abc.Awaitable[_common_pb2.Job]]: ...
+
+    @_abc_1.abstractmethod
+    def GetMetrics(
+        self,
+        request: _scheduler_pb2.GetMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.GetMetricsResponse, _abc.Awaitable[_scheduler_pb2.GetMetricsResponse]]:
+        """Every completed round's metrics, oldest first."""
 
     @_abc_1.abstractmethod
     def StreamTasks(

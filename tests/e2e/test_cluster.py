@@ -13,8 +13,7 @@ import pytest
 
 from tessera.cli.app import DEMO_JOB
 from tessera.cli.cluster import LocalCluster
-from tessera.client import Client
-from tessera.v1 import common_pb2, scheduler_pb2
+from tessera.client import Client, EventKind, JobState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -28,7 +27,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 def test_tessera_up_trains_the_demo_to_the_target_and_leaves_no_process() -> None:
     # Execute: the README's first command, as a user runs it.
     result = subprocess.run(
-        [sys.executable, "-m", "tessera.cli.app", "up", "--json"],
+        [sys.executable, "-m", "tessera.cli", "up", "--json"],
         capture_output=True,
         text=True,
         timeout=240,
@@ -59,18 +58,18 @@ def test_killed_worker_lease_expires_and_its_tasks_are_reassigned(cluster: Local
         final = None
         # Execute: SIGKILL a worker once training is under way; no deregistration happens.
         for event in events:
-            if event.kind == scheduler_pb2.JOB_EVENT_KIND_ROUND_COMPLETED and not killed.is_set():
-                if event.metrics.round >= 2:
+            if event.kind is EventKind.ROUND_COMPLETED and not killed.is_set():
+                if event.metrics is not None and event.metrics.round >= 2:
                     cluster.kill_worker(0)
                     killed.set()
-            if event.kind == scheduler_pb2.JOB_EVENT_KIND_TASK_REASSIGNED:
+            if event.kind is EventKind.TASK_REASSIGNED:
                 reassigned.append(event.message)
-            if event.kind == scheduler_pb2.JOB_EVENT_KIND_FINISHED:
+            if event.kind is EventKind.FINISHED:
                 final = event.job
         # Assert
         assert killed.is_set()
         assert final is not None
-        assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.message
+        assert final.state is JobState.SUCCEEDED, final.message
         assert final.rounds_completed == 40
         assert any("lost nodes: ['" in m for m in reassigned), reassigned
         assert len(client.list_nodes()) == 2

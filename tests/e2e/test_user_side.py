@@ -53,7 +53,7 @@ def served() -> Iterator[Served]:
         [
             sys.executable,
             "-m",
-            "tessera.cli.app",
+            "tessera.cli",
             "up",
             "--serve",
             "--no-demo",
@@ -221,3 +221,66 @@ def _split_json_stream(text: str) -> list[str]:
         chunks.append(json.dumps(obj))
         index = end
     return chunks
+
+
+def _tessera(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tessera.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_cli_submits_follows_plots_and_downloads_a_model(served: Served, tmp_path: Path) -> None:
+    # Prepare
+    scheduler = f"127.0.0.1:{served.scheduler}"
+    # Execute
+    submitted = _tessera(
+        "submit", "--rounds", "4", "--min-nodes", "3", "--batch-size", "64",
+        "--learning-rate", "0.02", "--name", "cli", "--watch", "--scheduler", scheduler,
+    )  # fmt: skip
+    job_id = submitted.stdout.strip().splitlines()[0]
+    status = json.loads(_tessera("status", job_id, "--scheduler", scheduler).stdout)
+    listed = _tessera("jobs", "--json", "--scheduler", scheduler).stdout.splitlines()
+    nodes = _tessera("nodes", "--json", "--registry", f"127.0.0.1:{served.registry}").stdout
+    png = tmp_path / "curves.png"
+    plotted = _tessera("plot", job_id, str(png), "--scheduler", scheduler)
+    model = tmp_path / "model.safetensors"
+    downloaded = _tessera("model", "download", job_id, str(model), "--scheduler", scheduler)
+    # Assert
+    assert submitted.returncode == 0, submitted.stderr
+    assert status["state"] == "succeeded" and status["rounds"] == 4
+    assert job_id in {json.loads(line)["job_id"] for line in listed}
+    assert len(nodes.splitlines()) == 3
+    assert plotted.returncode == 0, plotted.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(downloaded.stdout)["model_version"] == 4
+    _assert_model_loads_and_scores(model, status["test_accuracy"])
+
+
+def _assert_model_loads_and_scores(path: Path, reported_accuracy: float) -> None:
+    """The file loads into a fresh zoo model with plain torch and scores what was reported."""
+    from safetensors.torch import load_file
+
+    from tessera.ml.datasets import load_dataset
+    from tessera.ml.training import evaluate
+    from tessera.ml.zoo import ModelSpec, build_model
+
+    model = build_model("mlp", ModelSpec(in_features=64, num_classes=10))
+    model.load_state_dict(load_file(str(path)))
+    data = load_dataset("digits")
+    accuracy = evaluate(model, data.test_x, data.test_y).accuracy
+    assert round(accuracy, 4) == reported_accuracy
+
+
+def test_cli_errors_are_one_line_with_an_exit_code(served: Served) -> None:
+    scheduler = f"127.0.0.1:{served.scheduler}"
+    missing = _tessera("status", "nope", "--scheduler", scheduler)
+    bad = _tessera("submit", "--learning-rate", "-1", "--scheduler", scheduler)
+    down = _tessera("jobs", "--scheduler", "127.0.0.1:1")
+    assert (missing.returncode, bad.returncode, down.returncode) == (4, 3, 5)
+    assert missing.stderr.strip() == "error: job 'nope' not found"
+    assert "learning_rate (-1.0) must be > 0" in bad.stderr
+    assert "Traceback" not in missing.stderr + bad.stderr + down.stderr

@@ -5,6 +5,7 @@ Layout under a configurable prefix (default ``/tessera``)::
     nodes/<node-id>                    lease-bound node record (profile, load, lease id)
     jobs/<job-id>                      job record (spec, state, progress)
     tasks/<job-id>/<round>/<task>      task assignment and state
+    metrics/<job-id>/<round>           the round's held-out metrics
     aggregators/<id>                   lease-bound aggregator endpoint
 
 Tasks live beside jobs rather than under them so that listing jobs reads job records only.
@@ -61,6 +62,14 @@ class KeySchema:
     def task(self, job_id: str, round_index: int, task_index: int) -> str:
         """Key of one task record."""
         return f"{self.tasks(job_id, round_index)}{task_index:06d}"
+
+    def metrics(self, job_id: str) -> str:
+        """Prefix of a job's per-round metrics."""
+        return f"{self.prefix}/metrics/{job_id}/"
+
+    def round_metrics(self, job_id: str, round_index: int) -> str:
+        """Key of one round's metrics."""
+        return f"{self.metrics(job_id)}{round_index:08d}"
 
     def node_id_from_key(self, key: str) -> str:
         """Inverse of ``node``."""

@@ -1,0 +1,5 @@
+"""``python -m tessera.cli``: the ``tessera`` command without the console script."""
+
+from tessera.cli.app import main
+
+main()

@@ -1,0 +1,145 @@
+"""``AsyncClient``: the asyncio twin of ``Client`` (grpc.aio)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from tessera.client.client import Client, RetryPolicy
+from tessera.client.jobs import JobConfig
+from tessera.client.models import ModelFile
+from tessera.client.types import EventKind, Job, JobEvent, Node
+from tessera.common.errors import Unavailable
+from tessera.common.retry import RETRYABLE_CODES
+from tessera.common.rpc import translate_rpc_errors
+from tessera.v1 import (
+    common_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
+
+__all__ = ["AsyncClient"]
+
+R = TypeVar("R")
+
+
+class AsyncClient:
+    """Like ``Client``, with ``async`` methods and an async ``watch``; use ``async with``."""
+
+    def __init__(
+        self,
+        scheduler: str = "127.0.0.1:50052",
+        *,
+        registry: str = "127.0.0.1:50051",
+        aggregator: str | None = None,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe default
+        timeout: float = 30.0,
+    ) -> None:
+        self._addresses = (scheduler, registry, aggregator)
+        self._scheduler_channel = grpc.aio.insecure_channel(scheduler)
+        self._registry_channel = grpc.aio.insecure_channel(registry)
+        self._scheduler: Any = scheduler_pb2_grpc.SchedulerStub(self._scheduler_channel)
+        self._registry: Any = registry_pb2_grpc.RegistryStub(self._registry_channel)
+        self._retry = retry
+        self._timeout = timeout
+
+    async def _call(self, fn: Callable[..., Awaitable[R]], request: object) -> R:
+        backoff = self._retry.backoff()
+        for attempt in range(self._retry.attempts):
+            try:
+                return await fn(request, timeout=self._timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE_CODES or attempt == self._retry.attempts - 1:
+                    with translate_rpc_errors():
+                        raise
+            await asyncio.sleep(backoff.next_delay())
+        raise Unavailable(f"gave up after {self._retry.attempts} attempts")
+
+    async def submit(self, spec: JobConfig | common_pb2.JobSpec) -> str:
+        """Submit a job; return its id. Raises as ``Client.submit``."""
+        proto = spec.to_proto() if isinstance(spec, JobConfig) else spec
+        response = await self._call(
+            self._scheduler.SubmitJob, scheduler_pb2.SubmitJobRequest(spec=proto)
+        )
+        job_id: str = response.job_id
+        return job_id
+
+    async def get_job(self, job_id: str) -> Job:
+        """The job's record. Raises ``NotFound``."""
+        job = await self._call(self._scheduler.GetJob, scheduler_pb2.GetJobRequest(job_id=job_id))
+        return Job.from_proto(job)
+
+    async def list_jobs(self) -> list[Job]:
+        """Every job, oldest first."""
+        response = await self._call(self._scheduler.ListJobs, scheduler_pb2.ListJobsRequest())
+        return [Job.from_proto(j) for j in response.jobs]
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a job. Raises ``NotFound``."""
+        job = await self._call(
+            self._scheduler.CancelJob, scheduler_pb2.CancelJobRequest(job_id=job_id)
+        )
+        return Job.from_proto(job)
+
+    async def list_nodes(self) -> list[Node]:
+        """Live volunteer nodes."""
+        response = await self._call(self._registry.ListNodes, registry_pb2.ListNodesRequest())
+        return [Node.from_proto(n) for n in response.nodes]
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobEvent]:
+        """A snapshot event, then progress events until the job ends (reconnects on failure)."""
+        delivered = -1
+        failures = 0
+        backoff = self._retry.backoff()
+        while True:
+            try:
+                with translate_rpc_errors():
+                    stream = self._scheduler.WatchJob(scheduler_pb2.WatchJobRequest(job_id=job_id))
+                    async for raw in stream:
+                        event = JobEvent.from_proto(raw)
+                        if event.metrics is not None and event.kind is EventKind.ROUND_COMPLETED:
+                            if event.metrics.round <= delivered:
+                                continue
+                            delivered = event.metrics.round
+                        failures = 0
+                        yield event
+                return
+            except Unavailable:
+                failures += 1
+                if failures >= self._retry.attempts:
+                    raise
+                await asyncio.sleep(backoff.next_delay())
+
+    async def download_model(self, job_id: str, path: str | Path) -> ModelFile:
+        """Save the job's latest model as safetensors (runs the sync client in a thread)."""
+        scheduler, registry, aggregator = self._addresses
+
+        def download() -> ModelFile:
+            with Client(scheduler, registry=registry, aggregator=aggregator) as client:
+                return client.download_model(job_id, path)
+
+        return await asyncio.to_thread(download)
+
+    async def close(self) -> None:
+        """Close the channels."""
+        await self._scheduler_channel.close(None)
+        await self._registry_channel.close(None)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
