@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Windows per task when a job asks for "the whole shard" of a corpus, which is no batch size.
-DEFAULT_TEXT_BATCH = 32
+DEFAULT_TEXT_BATCH = 16
 # Not a registered data set: a job naming it trains each worker on its own file
 # (``tessera.ml.federated.load_local_dataset``), which never leaves the worker.
 LOCAL_DATASET = "local"

@@ -16,6 +16,7 @@ weights and the batch, whichever node computes it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,10 +30,10 @@ from tessera.ml.datasets import Dataset, DataSource
 __all__ = [
     "MAX_PARAMETERS",
     "MODELS",
-    "MODEL_KINDS",
     "ByteGPT",
     "ImageCNN",
     "ModelSpec",
+    "ZooEntry",
     "build_model",
     "check_fits",
     "register_model",
@@ -47,7 +48,8 @@ class ModelSpec:
     """What a model builder needs to know; each model reads the fields that size it.
 
     Attributes:
-        in_features: width of one flat input (for ``gpt``, the window length, unused).
+        in_features: width of one flat input (``gpt`` ignores it; ``spec_for_data`` sets it
+            to the context).
         num_classes: outputs per input: classes, or the vocabulary size of a language model.
         hidden_sizes: ``mlp``: hidden layer widths (default (128,)); ``cnn``: output channels
             of its convolution layers, each followed by 2x2 pooling (default (16, 32)).
@@ -73,28 +75,34 @@ class ModelSpec:
     tie_weights: bool = True
 
 
-MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {}
-# The kind of data (``Dataset.kind`` or ``TextCorpus.kind``) each model trains on.
-MODEL_KINDS: dict[str, str] = {}
+@dataclass(frozen=True)
+class ZooEntry:
+    """One model of the zoo.
+
+    Attributes:
+        build: builds the model from a checked spec; ``build_model`` seeds it.
+        kind: the kind of data it trains on (``Dataset.kind`` or ``TextCorpus.kind``).
+        parameters: how many parameters ``build`` would create, computed without building
+            anything, so that an oversized spec fails before it allocates.
+    """
+
+    build: Callable[[ModelSpec], nn.Module]
+    kind: str
+    parameters: Callable[[ModelSpec], int]
 
 
-def register_model(
-    name: str, *, kind: str
-) -> Callable[[Callable[[ModelSpec], nn.Module]], Callable[[ModelSpec], nn.Module]]:
-    """Decorator adding a builder to ``MODELS`` under ``name`` for data of ``kind``.
+MODELS: dict[str, ZooEntry] = {}
+
+
+def register_model(name: str, entry: ZooEntry) -> None:
+    """Add a model to ``MODELS``.
 
     Raises:
         ValueError: the name is already taken.
     """
-
-    def add(build: Callable[[ModelSpec], nn.Module]) -> Callable[[ModelSpec], nn.Module]:
-        if name in MODELS:
-            raise ValueError(f"a model named {name!r} is already registered")
-        MODELS[name] = build
-        MODEL_KINDS[name] = kind
-        return build
-
-    return add
+    if name in MODELS:
+        raise ValueError(f"a model named {name!r} is already registered")
+    MODELS[name] = entry
 
 
 def build_model(name: str, spec: ModelSpec) -> nn.Module:
@@ -103,13 +111,9 @@ def build_model(name: str, spec: ModelSpec) -> nn.Module:
     Raises:
         InvalidSpec: unknown model name, bad sizes, or more than ``MAX_PARAMETERS`` parameters.
     """
-    factory = MODELS.get(name)
-    if factory is None:
-        raise InvalidSpec(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    entry = _entry(name)
     _check_spec(spec)
-    # Counting on the meta device allocates nothing, so an oversized spec fails fast.
-    with torch.device("meta"):
-        count = sum(p.numel() for p in factory(spec).parameters())
+    count = entry.parameters(spec)
     if count > MAX_PARAMETERS:
         raise InvalidSpec(
             f"model {name!r} with these sizes has {count:,} parameters; at most "
@@ -117,7 +121,14 @@ def build_model(name: str, spec: ModelSpec) -> nn.Module:
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        return factory(spec)
+        return entry.build(spec)
+
+
+def _entry(name: str) -> ZooEntry:
+    entry = MODELS.get(name)
+    if entry is None:
+        raise InvalidSpec(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    return entry
 
 
 def check_fits(name: str, data: DataSource) -> None:
@@ -126,11 +137,9 @@ def check_fits(name: str, data: DataSource) -> None:
     Raises:
         InvalidSpec: unknown model, or the model is for another kind of data.
     """
-    kind = MODEL_KINDS.get(name)
-    if kind is None:
-        raise InvalidSpec(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    kind = _entry(name).kind
     if kind != data.kind:
-        fitting = sorted(n for n, k in MODEL_KINDS.items() if k == data.kind)
+        fitting = sorted(n for n, e in MODELS.items() if e.kind == data.kind)
         raise InvalidSpec(
             f"model {name!r} trains on {kind} data but dataset {data.name!r} is {data.kind}; "
             f"models for it: {', '.join(fitting) or 'none'}"
@@ -192,16 +201,22 @@ def _check_range(field: str, value: int, low: int, high: int) -> None:
         raise InvalidSpec(f"{field} ({value}) must be in [{low}, {high}]")
 
 
-@register_model("mlp", kind="classification")
+def _mlp_widths(spec: ModelSpec) -> list[int]:
+    return [spec.in_features, *(spec.hidden_sizes or (128,)), spec.num_classes]
+
+
 def _mlp(spec: ModelSpec) -> nn.Module:
-    hidden = spec.hidden_sizes or (128,)
+    widths = _mlp_widths(spec)
     layers: list[nn.Module] = [nn.Flatten()]
-    width = spec.in_features
-    for size in hidden:
+    for width, size in zip(widths[:-2], widths[1:-1], strict=True):
         layers += [nn.Linear(width, size), nn.ReLU()]
-        width = size
-    layers.append(nn.Linear(width, spec.num_classes))
+    layers.append(nn.Linear(widths[-2], widths[-1]))
     return nn.Sequential(*layers)
+
+
+def _mlp_parameters(spec: ModelSpec) -> int:
+    widths = _mlp_widths(spec)
+    return sum(a * b + b for a, b in itertools.pairwise(widths))
 
 
 class ImageCNN(nn.Module):
@@ -230,8 +245,7 @@ class ImageCNN(nn.Module):
         return logits
 
 
-@register_model("cnn", kind="classification")
-def _cnn(spec: ModelSpec) -> nn.Module:
+def _cnn_layout(spec: ModelSpec) -> tuple[tuple[int, int, int], tuple[int, ...]]:
     channels = spec.hidden_sizes or (16, 32)
     if len(spec.input_shape) == 2:
         shape = (1, spec.input_shape[0], spec.input_shape[1])
@@ -248,7 +262,19 @@ def _cnn(spec: ModelSpec) -> nn.Module:
             f"model 'cnn' halves height and width {len(channels)} times, so it needs images "
             f"of at least {smallest}x{smallest}; got {shape[1]}x{shape[2]}"
         )
+    return shape, channels
+
+
+def _cnn(spec: ModelSpec) -> nn.Module:
+    shape, channels = _cnn_layout(spec)
     return ImageCNN(shape, channels, spec.num_classes)
+
+
+def _cnn_parameters(spec: ModelSpec) -> int:
+    (depth, height, width), channels = _cnn_layout(spec)
+    convolutions = sum(9 * a * b + b for a, b in itertools.pairwise((depth, *channels)))
+    pooled = channels[-1] * (height >> len(channels)) * (width >> len(channels))
+    return convolutions + pooled * spec.num_classes + spec.num_classes
 
 
 class _CausalSelfAttention(nn.Module):
@@ -334,7 +360,6 @@ def _gpt2_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@register_model("gpt", kind="language_modelling")
 def _gpt(spec: ModelSpec) -> nn.Module:
     if spec.hidden_sizes:
         raise InvalidSpec(
@@ -349,3 +374,16 @@ def _gpt(spec: ModelSpec) -> nn.Module:
         d_model=spec.d_model,
         tie=spec.tie_weights,
     )
+
+
+def _gpt_parameters(spec: ModelSpec) -> int:
+    d, vocab = spec.d_model, spec.num_classes
+    # Per block: two LayerNorms (4d), qkv (3d^2 + 3d), projection (d^2 + d), MLP (8d^2 + 5d).
+    blocks = spec.n_layer * (12 * d * d + 13 * d)
+    head = 0 if spec.tie_weights else vocab * d
+    return vocab * d + spec.context * d + blocks + 2 * d + head
+
+
+register_model("mlp", ZooEntry(_mlp, "classification", _mlp_parameters))
+register_model("cnn", ZooEntry(_cnn, "classification", _cnn_parameters))
+register_model("gpt", ZooEntry(_gpt, "language_modelling", _gpt_parameters))
