@@ -284,3 +284,21 @@ def test_cli_errors_are_one_line_with_an_exit_code(served: Served) -> None:
     assert missing.stderr.strip() == "error: job 'nope' not found"
     assert "learning_rate (-1.0) must be > 0" in bad.stderr
     assert "Traceback" not in missing.stderr + bad.stderr + down.stderr
+
+
+@pytest.mark.parametrize("example", ["sdk_quickstart.py", "async_watch.py"])
+def test_documented_examples_run(served: Served, example: str) -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / example
+    result = subprocess.run(
+        [sys.executable, str(path), f"127.0.0.1:{served.scheduler}", f"127.0.0.1:{served.registry}"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    if example == "sdk_quickstart.py":
+        assert "rejected as expected: learning_rate (-1.0) must be > 0" in result.stdout
+        assert "succeeded" in result.stdout and "saved to" in result.stdout
+    else:
+        assert result.stdout.count("succeeded, 5 rounds watched") == 2
