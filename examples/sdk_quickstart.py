@@ -31,8 +31,9 @@ def main(scheduler: str = "127.0.0.1:50052", registry: str = "127.0.0.1:50051") 
         )
         job = client.submit(spec)
         for event in job.watch():
-            if event.kind is EventKind.ROUND_COMPLETED and event.metrics is not None:
-                print(f"round {event.metrics.round + 1}: accuracy {event.metrics.test_accuracy:.3f}")
+            metrics = event.metrics
+            if event.kind is EventKind.ROUND_COMPLETED and metrics is not None:
+                print(f"round {metrics.round + 1}: accuracy {metrics.test_accuracy:.3f}")
         final = job.get()
         print(f"{final.job_id} {final.state.value} after {final.rounds_completed} rounds")
         path = Path(tempfile.mkdtemp()) / "model.safetensors"

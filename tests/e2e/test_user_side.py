@@ -289,8 +289,9 @@ def test_cli_errors_are_one_line_with_an_exit_code(served: Served) -> None:
 @pytest.mark.parametrize("example", ["sdk_quickstart.py", "async_watch.py"])
 def test_documented_examples_run(served: Served, example: str) -> None:
     path = Path(__file__).resolve().parents[2] / "examples" / example
+    addresses = [f"127.0.0.1:{served.scheduler}", f"127.0.0.1:{served.registry}"]
     result = subprocess.run(
-        [sys.executable, str(path), f"127.0.0.1:{served.scheduler}", f"127.0.0.1:{served.registry}"],
+        [sys.executable, str(path), *addresses],
         capture_output=True,
         text=True,
         timeout=180,
