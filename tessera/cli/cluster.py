@@ -44,6 +44,7 @@ class ClusterPorts:
 class _Proc:
     name: str
     process: subprocess.Popen[bytes]
+    command: list[str]
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,30 +99,31 @@ class LocalCluster:
         self, name: str, module: str, args: list[str], metrics_offset: int
     ) -> tuple[_Proc, Path]:
         ready = self.log_dir / f"{name}.ready"
+        command = [
+            sys.executable,
+            "-m",
+            module,
+            "--ready-file",
+            str(ready),
+            "--log-level",
+            self.log_level,
+            "--metrics-port",
+            str(self.ports.metrics_port(metrics_offset)),
+            *args,
+        ]
+        return _Proc(name, self._popen(name, command, ready), command), ready
+
+    def _popen(self, name: str, command: list[str], ready: Path) -> subprocess.Popen[bytes]:
         ready.unlink(missing_ok=True)
-        log = (self.log_dir / f"{name}.log").open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                module,
-                "--ready-file",
-                str(ready),
-                "--log-level",
-                self.log_level,
-                "--metrics-port",
-                str(self.ports.metrics_port(metrics_offset)),
-                *args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets PDEATHSIG
-        )
-        log.close()
-        return _Proc(name, process), ready
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            return subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets PDEATHSIG
+            )
 
     def _await_ready(self, proc: _Proc, ready: Path, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -218,6 +220,23 @@ class LocalCluster:
                 self._await_ready(proc, self._worker_ready[proc.name])
         procs = [*self.services.values(), *self.workers]
         return {p.name: int(p.info["metrics_port"]) for p in procs if p.info.get("metrics_port")}
+
+    def kill_service(self, name: str) -> None:
+        """SIGKILL a service (``registry``, ``scheduler`` or ``aggregator``): no clean shutdown."""
+        process = self.services[name].process
+        process.kill()
+        process.wait()
+
+    def restart_service(self, name: str) -> None:
+        """Start a killed service again on the same ports and wait until it serves."""
+        proc = self.services[name]
+        command = list(proc.command)
+        for flag, key in (("--port", "port"), ("--metrics-port", "metrics_port")):
+            if proc.info.get(key):
+                command[command.index(flag) + 1] = str(proc.info[key])
+        ready = self.log_dir / f"{name}.ready"
+        proc.process = self._popen(name, command, ready)
+        self._await_ready(proc, ready)
 
     def kill_worker(self, index: int) -> None:
         """SIGKILL a worker: no deregistration, its lease must expire."""

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,31 @@ def test_killed_worker_lease_expires_and_its_tasks_are_reassigned(cluster: Local
         assert final.rounds_completed == 40
         assert any("lost nodes: ['" in m for m in reassigned), reassigned
         assert len(client.list_nodes()) == 2
+
+
+def test_a_restarted_scheduler_carries_on_the_job_from_etcd(cluster: LocalCluster) -> None:
+    # Prepare
+    with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+        spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=30)
+        handle = client.submit(spec)
+        for event in handle.watch():
+            if event.kind is EventKind.ROUND_COMPLETED and event.metrics is not None:
+                if event.metrics.round >= 4:
+                    break
+        # Execute: SIGKILL the scheduler mid-job and start it again on the same port.
+        cluster.kill_service("scheduler")
+        cluster.restart_service("scheduler")
+        final = handle.wait()
+    # Assert: the job finished every round; the aggregator applied each task exactly once.
+    assert final.state is JobState.SUCCEEDED, final.message
+    assert final.rounds_completed == 30
+    assert final.model_version == 30
+    applied = _metric(cluster, "aggregator", 'tessera_contributions_total{decision="applied"')
+    assert applied == 30 * 3
+
+
+def _metric(cluster: LocalCluster, process: str, prefix: str) -> float:
+    port = cluster.metrics_ports()[process]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
