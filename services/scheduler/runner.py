@@ -17,7 +17,12 @@ from typing import Protocol
 
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.events import EventLog
-from services.scheduler.planner import NodeCapacity, ResourceNeeds, ThroughputTracker, place
+from services.scheduler.planner import (
+    NodeCapacity,
+    PlacementCache,
+    ResourceNeeds,
+    ThroughputTracker,
+)
 from services.scheduler.rounds import RoundState, TaskState
 from services.scheduler.store import JobStore
 from tessera.common.errors import TesseraError
@@ -74,6 +79,7 @@ class JobRunner:
         self._cancelled = False
         self._failures: dict[str, int] = {}
         self._throughput = ThroughputTracker()
+        self._plans = PlacementCache()
         self._last_unplaced: tuple[str, ...] = ()
         self._thread = threading.Thread(target=self._run, name=f"job-{job.job_id}", daemon=True)
 
@@ -281,7 +287,7 @@ class JobRunner:
         spec = self.job.spec
         samples = [spec.batch_size or 1 for _ in pending]
         needs = ResourceNeeds(spec.min_memory_bytes, spec.min_gpus, spec.min_gpu_memory_bytes)
-        placement = place(
+        placement = self._plans.place(
             spec.policy, pending, samples, 0, nodes, needs=needs, seed=spec.seed + state.round
         )
         state.assign(placement.nodes_of_tasks)

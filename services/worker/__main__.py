@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
+import sys
 import threading
 
 from services.worker.agent import WorkerAgent
@@ -23,11 +25,22 @@ def main(argv: list[str] | None = None) -> None:
         config.common.ready_file.write_text(
             json.dumps({"service": "worker", "metrics_port": metrics_port}) + "\n"
         )
-    thread = threading.Thread(target=agent.run, name="agent")
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            agent.run()
+        except BaseException as exc:  # noqa: BLE001 - reported through the exit code
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="agent")
     thread.start()
     # Join in slices so the main thread keeps handling signals.
     while thread.is_alive():
         thread.join(0.5)
+    if failures:
+        logging.getLogger("tessera.worker").error("worker stopped: %s", failures[0])
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@ import numpy as np
 
 from services.scheduler.planner import (
     NodeCapacity,
+    PlacementCache,
     ResourceNeeds,
     ThroughputTracker,
     build_etc,
@@ -62,3 +63,15 @@ def test_observed_throughput_replaces_the_profile_and_is_smoothed() -> None:
     assert tracker.estimate("n", 100.0) == 20.0
     tracker.observe("n", samples=0, seconds=1.0)
     assert tracker.estimate("n", 100.0) == 20.0
+
+
+def test_placement_cache_reuses_plans_until_a_node_changes_materially() -> None:
+    cache = PlacementCache(tolerance=0.15)
+    nodes = [NodeCapacity("a", 100.0), NodeCapacity("b", 10.0)]
+    first = cache.place("min_min", [0, 1], [1, 1], 0, nodes)
+    noisy = [NodeCapacity("a", 103.0), NodeCapacity("b", 10.2)]
+    assert cache.place("min_min", [0, 1], [1, 1], 0, noisy) is first
+    slower = [NodeCapacity("a", 1.0), NodeCapacity("b", 10.0)]
+    replanned = cache.place("min_min", [0, 1], [1, 1], 0, slower)
+    assert replanned.nodes_of_tasks == {0: "b", 1: "b"}
+    assert (cache.hits, cache.misses) == (1, 2)

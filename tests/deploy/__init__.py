@@ -1,0 +1,1 @@
+"""Checks of deploy/: the image, compose file, Kubernetes manifests and monitoring config."""
