@@ -7,11 +7,18 @@ import math
 from tessera.common.errors import InvalidSpec
 from tessera.v1 import common_pb2
 
-__all__ = ["MAX_ROUNDS", "MAX_TASKS_PER_ROUND", "normalize_spec"]
+__all__ = [
+    "MAX_ROUNDS",
+    "MAX_TASKS_PER_ROUND",
+    "STRAGGLER_POLICIES",
+    "normalize_spec",
+    "quorum_count",
+]
 
 MAX_ROUNDS = 1_000_000
 MAX_TASKS_PER_ROUND = 100_000
 _CODECS = ("none", "fp16", "bf16", "int8", "topk")
+STRAGGLER_POLICIES = ("reassign", "drop")
 
 
 def normalize_spec(spec: common_pb2.JobSpec, known_policies: frozenset[str]) -> common_pb2.JobSpec:
@@ -41,6 +48,9 @@ def normalize_spec(spec: common_pb2.JobSpec, known_policies: frozenset[str]) -> 
         out.learning_rate = 0.01
     if out.task_timeout_seconds == 0:
         out.task_timeout_seconds = 60.0
+    if out.quorum == 0:
+        out.quorum = 1.0
+    out.straggler_policy = out.straggler_policy or "reassign"
 
     if out.rounds > MAX_ROUNDS:
         raise InvalidSpec(f"rounds ({out.rounds}) must be <= {MAX_ROUNDS}")
@@ -54,6 +64,15 @@ def normalize_spec(spec: common_pb2.JobSpec, known_policies: frozenset[str]) -> 
         raise InvalidSpec(f"target_accuracy ({out.target_accuracy}) must be in [0, 1]")
     if not (math.isfinite(out.task_timeout_seconds) and out.task_timeout_seconds > 0):
         raise InvalidSpec(f"task_timeout_seconds ({out.task_timeout_seconds}) must be > 0")
+    if not (math.isfinite(out.round_deadline_seconds) and out.round_deadline_seconds >= 0):
+        raise InvalidSpec(f"round_deadline_seconds ({out.round_deadline_seconds}) must be >= 0")
+    if not (math.isfinite(out.quorum) and 0 < out.quorum <= 1):
+        raise InvalidSpec(f"quorum ({out.quorum}) must be in (0, 1]")
+    if out.straggler_policy not in STRAGGLER_POLICIES:
+        raise InvalidSpec(
+            f"unknown straggler_policy {out.straggler_policy!r}; choose one of: "
+            f"{', '.join(STRAGGLER_POLICIES)}"
+        )
     if out.policy not in known_policies:
         raise InvalidSpec(
             f"unknown scheduling policy {out.policy!r}; choose one of: "
@@ -64,3 +83,8 @@ def normalize_spec(spec: common_pb2.JobSpec, known_policies: frozenset[str]) -> 
     if len(out.name) > 200:
         raise InvalidSpec(f"name is {len(out.name)} characters; at most 200")
     return out
+
+
+def quorum_count(spec: common_pb2.JobSpec) -> int:
+    """Tasks that must report before a round may close at its deadline (at least one)."""
+    return max(1, math.ceil(spec.quorum * spec.tasks_per_round - 1e-9))

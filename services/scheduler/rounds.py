@@ -16,6 +16,8 @@ class TaskState(enum.Enum):
     """Not placed: no live node could take it yet."""
     ASSIGNED = "assigned"
     DONE = "done"
+    DROPPED = "dropped"
+    """Given up: the round closed without it (deadline with a quorum, or the drop policy)."""
 
 
 @dataclass
@@ -83,7 +85,27 @@ class RoundState:
         """Tasks assigned but not done."""
         return [t for t in self.tasks if t.state is TaskState.ASSIGNED]
 
+    def done_count(self) -> int:
+        """How many tasks have reported."""
+        return sum(1 for t in self.tasks if t.state is TaskState.DONE)
+
+    def drop(self, index: int) -> None:
+        """Give up on one unfinished task."""
+        task = self.tasks[index]
+        if task.state is not TaskState.DONE:
+            task.state = TaskState.DROPPED
+            task.node_id = ""
+
+    def drop_unfinished(self) -> list[int]:
+        """Give up on every task not done (the round closes without them); list them."""
+        dropped = [
+            t.index for t in self.tasks if t.state not in (TaskState.DONE, TaskState.DROPPED)
+        ]
+        for index in dropped:
+            self.drop(index)
+        return dropped
+
     @property
     def done(self) -> bool:
-        """Whether every task is done."""
-        return all(t.state is TaskState.DONE for t in self.tasks)
+        """Whether every task is done or dropped."""
+        return all(t.state in (TaskState.DONE, TaskState.DROPPED) for t in self.tasks)

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.events import EventLog
+from services.scheduler.jobs import quorum_count
 from services.scheduler.planner import (
     NodeCapacity,
     PlacementCache,
@@ -173,12 +174,11 @@ class JobRunner:
         self._store.save_job(self.job)
         round_index = self.job.rounds_completed
         while round_index < spec.rounds:
-            if not self._run_round(round_index):
+            reported = self._run_round(round_index)
+            if reported is None:
                 self._finish(common_pb2.JOB_STATE_CANCELLED, "cancelled")
                 return
-            metrics = self._aggregator.close_round(
-                self.job.job_id, round_index, spec.tasks_per_round
-            )
+            metrics = self._aggregator.close_round(self.job.job_id, round_index, reported)
             self.job.rounds_completed = round_index + 1
             self.job.model_version = metrics.model_version
             self.job.last_metrics.CopyFrom(metrics)
@@ -209,9 +209,16 @@ class JobRunner:
                 self._nodes_changed = False
         return False
 
-    def _run_round(self, round_index: int) -> bool:
-        """Run one round until every task reported; False if cancelled."""
+    def _run_round(self, round_index: int) -> int | None:
+        """Run one round until it may close; return how many tasks reported (None: cancelled).
+
+        A round closes when every task has reported or was dropped, or at its deadline once a
+        quorum has reported; the unfinished tasks are then dropped, and WatchJob says which.
+        """
         spec = self.job.spec
+        started = time.monotonic()
+        deadline = started + spec.round_deadline_seconds if spec.round_deadline_seconds else None
+        quorum = quorum_count(spec)
         with self._cond:
             state = RoundState(round_index, spec.tasks_per_round)
             self._round = state
@@ -223,13 +230,38 @@ class JobRunner:
             while not state.done:
                 if self._cancelled:
                     self._retract_all(state)
-                    return False
+                    return None
                 self._handle_changes(state, timeout)
                 if state.done:
                     break
-                self._cond.wait(timeout=self._next_deadline(state, timeout))
+                now = time.monotonic()
+                if deadline is not None and now >= deadline and state.done_count() >= quorum:
+                    self._drop_unfinished(state, "its deadline passed with a quorum in")
+                    break
+                wait = self._next_deadline(state, timeout)
+                if deadline is not None:
+                    wait = min(wait, max(0.01, deadline - now))
+                self._cond.wait(timeout=wait)
             self._round = None
-        return True
+            return state.done_count()
+
+    def _drop_unfinished(self, state: RoundState, why: str) -> None:
+        self._retract_all(state)
+        dropped = state.drop_unfinished()
+        if dropped:
+            message = (
+                f"round {state.round} closed without tasks {dropped}: {why} "
+                f"({state.done_count()} of {len(state.tasks)} reported)"
+            )
+            log.info("job %s %s", self.job.job_id, message)
+            self._publish(Kind.JOB_EVENT_KIND_TASKS_DROPPED, round=state.round, message=message)
+
+    def _may_drop(self, state: RoundState, count: int) -> bool:
+        """Under the drop policy, whether ``count`` more tasks can go and a quorum remain."""
+        if self.job.spec.straggler_policy != "drop":
+            return False
+        alive = sum(1 for t in state.tasks if t.state is not TaskState.DROPPED)
+        return alive - count >= quorum_count(self.job.spec)
 
     def _handle_changes(self, state: RoundState, timeout: float) -> None:
         lost, self._lost = self._lost, set()
@@ -246,6 +278,16 @@ class JobRunner:
             self._dispatcher.retract(task.node_id, (self.job.job_id, state.round, task.index))
             state.release(task.index)
             moved.append(task.index)
+        if moved and self._may_drop(state, len(moved)):
+            for index in moved:
+                state.drop(index)
+            message = (
+                f"round {state.round}: tasks {sorted(moved)} dropped "
+                f"(lost nodes: {sorted(lost) or 'none'}, overdue: {[t.index for t in overdue]})"
+            )
+            log.info("job %s %s", self.job.job_id, message)
+            self._publish(Kind.JOB_EVENT_KIND_TASKS_DROPPED, round=state.round, message=message)
+            return
         if moved:
             message = (
                 f"round {state.round}: tasks {sorted(moved)} reassigned "

@@ -38,6 +38,9 @@ class JobConfig:
     min_memory_bytes: int = 0
     min_gpus: int = 0
     min_gpu_memory_bytes: int = 0
+    round_deadline_seconds: float = 0.0
+    quorum: float = 0.0
+    straggler_policy: str = ""
 
     def to_proto(self) -> common_pb2.JobSpec:
         """The ``tessera.v1.JobSpec`` message."""

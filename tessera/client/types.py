@@ -41,6 +41,7 @@ class EventKind(enum.Enum):
     TASK_REASSIGNED = "task_reassigned"
     FINISHED = "finished"
     WAITING = "waiting"
+    TASKS_DROPPED = "tasks_dropped"
 
     @classmethod
     def from_proto(cls, value: int) -> EventKind:

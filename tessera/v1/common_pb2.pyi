@@ -184,6 +184,9 @@ class JobSpec(_message.Message):
     MIN_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     MIN_GPUS_FIELD_NUMBER: _builtins.int
     MIN_GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    ROUND_DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
+    QUORUM_FIELD_NUMBER: _builtins.int
+    STRAGGLER_POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Free-form label shown in listings."""
     model: _builtins.str
@@ -216,6 +219,14 @@ class JobSpec(_message.Message):
     """What every task needs from a node (0 = nothing); nodes that lack it get no tasks."""
     min_gpus: _builtins.int
     min_gpu_memory_bytes: _builtins.int
+    round_deadline_seconds: _builtins.float
+    """A round still open this many seconds after it started closes as soon as a quorum of its
+    tasks is in (0 = no deadline: every task must report).
+    """
+    quorum: _builtins.float
+    """Fraction of a round's tasks that makes a quorum at the deadline (0 = 1.0, every task)."""
+    straggler_policy: _builtins.str
+    """What happens to the tasks of lost or overdue nodes: "reassign" (default) or "drop"."""
     @_builtins.property
     def hidden_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Width of the hidden layers for models that have them (empty = the model's default)."""
@@ -247,10 +258,13 @@ class JobSpec(_message.Message):
         min_memory_bytes: _builtins.int = ...,
         min_gpus: _builtins.int = ...,
         min_gpu_memory_bytes: _builtins.int = ...,
+        round_deadline_seconds: _builtins.float = ...,
+        quorum: _builtins.float = ...,
+        straggler_policy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "aggregation_options", b"aggregation_options", "batch_size", b"batch_size", "codec", b"codec", "dataset", b"dataset", "hidden_sizes", b"hidden_sizes", "learning_rate", b"learning_rate", "min_gpu_memory_bytes", b"min_gpu_memory_bytes", "min_gpus", b"min_gpus", "min_memory_bytes", b"min_memory_bytes", "min_nodes", b"min_nodes", "model", b"model", "name", b"name", "optimizer", b"optimizer", "policy", b"policy", "rounds", b"rounds", "seed", b"seed", "target_accuracy", b"target_accuracy", "task_timeout_seconds", b"task_timeout_seconds", "tasks_per_round", b"tasks_per_round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "aggregation_options", b"aggregation_options", "batch_size", b"batch_size", "codec", b"codec", "dataset", b"dataset", "hidden_sizes", b"hidden_sizes", "learning_rate", b"learning_rate", "min_gpu_memory_bytes", b"min_gpu_memory_bytes", "min_gpus", b"min_gpus", "min_memory_bytes", b"min_memory_bytes", "min_nodes", b"min_nodes", "model", b"model", "name", b"name", "optimizer", b"optimizer", "policy", b"policy", "quorum", b"quorum", "round_deadline_seconds", b"round_deadline_seconds", "rounds", b"rounds", "seed", b"seed", "straggler_policy", b"straggler_policy", "target_accuracy", b"target_accuracy", "task_timeout_seconds", b"task_timeout_seconds", "tasks_per_round", b"tasks_per_round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

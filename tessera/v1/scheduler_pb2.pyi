@@ -34,6 +34,8 @@ class _JobEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEvent
     JOB_EVENT_KIND_TASK_REASSIGNED: _JobEventKind.ValueType  # 4
     JOB_EVENT_KIND_FINISHED: _JobEventKind.ValueType  # 5
     JOB_EVENT_KIND_WAITING: _JobEventKind.ValueType  # 6
+    JOB_EVENT_KIND_TASKS_DROPPED: _JobEventKind.ValueType  # 7
+    """A round closed without some tasks (deadline with a quorum, or the drop policy)."""
 
 class JobEventKind(_JobEventKind, metaclass=_JobEventKindEnumTypeWrapper): ...
 
@@ -45,6 +47,8 @@ JOB_EVENT_KIND_ROUND_COMPLETED: JobEventKind.ValueType  # 3
 JOB_EVENT_KIND_TASK_REASSIGNED: JobEventKind.ValueType  # 4
 JOB_EVENT_KIND_FINISHED: JobEventKind.ValueType  # 5
 JOB_EVENT_KIND_WAITING: JobEventKind.ValueType  # 6
+JOB_EVENT_KIND_TASKS_DROPPED: JobEventKind.ValueType  # 7
+"""A round closed without some tasks (deadline with a quorum, or the drop policy)."""
 Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
 
 class _TaskOutcome:

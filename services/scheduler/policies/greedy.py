@@ -13,9 +13,9 @@
 * Round robin: the baseline that ignores the ETC values.
 
 Every policy works on a cost matrix with ``inf`` at infeasible pairs, so feasibility needs no
-special cases. Min-min, Max-min and Sufferage keep each unassigned task's best completion time and
-recompute it only for the tasks whose best machine just received work, which makes a selection
-one vectorised argmin instead of a scan of the whole matrix.
+special cases. None rescans the whole matrix per step: Min-min keeps every column sorted with a
+lazy cursor per machine, and Max-min and Sufferage keep each task's shortlist of fast machines,
+rescanning a row only when the shortlist can no longer prove which machines are best.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from services.scheduler.policies.base import (
     DEFAULT_BUDGET,
     UNASSIGNED,
     Assignment,
+    BoolArray,
     Budget,
     FloatArray,
     IntArray,
@@ -50,6 +51,13 @@ __all__ = [
 def cost_matrix(etc: FloatArray, feasible: npt.NDArray[np.bool_]) -> FloatArray:
     """Return a copy of ``etc`` with ``inf`` wherever ``feasible`` is False."""
     return np.where(feasible, etc, np.inf)
+
+
+def _placeable_costs(etc: FloatArray, feasible: BoolArray, placeable: IntArray) -> FloatArray:
+    """Return the cost matrix of the placeable tasks, sharing ``etc`` when nothing is masked."""
+    if placeable.size == etc.shape[0] and feasible.all():
+        return etc
+    return cost_matrix(etc[placeable], feasible[placeable])
 
 
 class GreedyPolicy:
@@ -77,8 +85,7 @@ class GreedyPolicy:
         machine_of_task = np.full(matrix.shape[0], UNASSIGNED, dtype=np.int64)
         placeable = np.flatnonzero(mask.any(axis=1))
         if placeable.size:
-            cost = cost_matrix(matrix[placeable], mask[placeable])
-            machine_of_task[placeable] = self.solve(cost)
+            machine_of_task[placeable] = self.solve(_placeable_costs(matrix, mask, placeable))
         return make_assignment(self.name, matrix, mask, machine_of_task)
 
     def solve(self, cost: FloatArray) -> IntArray:
@@ -86,7 +93,7 @@ class GreedyPolicy:
 
         Args:
             cost: Shape (n, M); ``inf`` marks an infeasible pair and every row has a finite
-                entry.
+                entry. It is not modified.
 
         Returns:
             The machine of each of the n tasks, int64.
@@ -94,20 +101,58 @@ class GreedyPolicy:
         raise NotImplementedError
 
 
-def _ranked(rows: FloatArray) -> tuple[IntArray, FloatArray, IntArray, FloatArray, FloatArray]:
-    """Return, per row, the best column and value, the runner-up column and value, and the
-    third-smallest value (lowest index first among equal values; ``inf`` past the last column).
+class _Shortlist:
+    """Each task's few fastest machines, to find its two best completion times cheaply.
 
-    ``rows`` is scratch space and is modified.
+    For every task the ``size`` machines with the smallest completion times are cached together
+    with the next-smallest time, ``bound``. Ready times only grow, so ``bound`` stays a lower
+    bound on every machine outside the shortlist. While the two best times inside the shortlist
+    stay below it they are exact; only then is the whole row rescanned.
     """
-    ar = np.arange(rows.shape[0])
-    first = rows.argmin(axis=1)
-    first_value = rows[ar, first]
-    rows[ar, first] = np.inf
-    second = rows.argmin(axis=1)
-    second_value = rows[ar, second]
-    rows[ar, second] = np.inf
-    return first, first_value, second, second_value, rows.min(axis=1)
+
+    def __init__(self, cost: FloatArray, size: int = 16) -> None:
+        self.cost = cost
+        n, m = cost.shape
+        self.size = min(size, m)
+        self.machines = np.empty((n, self.size), dtype=np.int64)
+        self.bound = np.full(n, np.inf)
+        self._rescan(np.arange(n), np.zeros(m))
+
+    def _rescan(self, tasks: IntArray, ready: FloatArray) -> None:
+        rows = self.cost[tasks] + ready
+        if self.size == rows.shape[1]:
+            self.machines[tasks] = np.arange(self.size)
+            return
+        part = np.argpartition(rows, self.size, axis=1)
+        self.machines[tasks] = part[:, : self.size]
+        self.bound[tasks] = rows[np.arange(tasks.size), part[:, self.size]]
+
+    def best_two(
+        self, tasks: IntArray, ready: FloatArray
+    ) -> tuple[IntArray, FloatArray, IntArray, FloatArray]:
+        """Return the best machine and time and the runner-up machine and time of ``tasks``.
+
+        Equal times go to the lowest machine index. With one machine the runner-up is ``inf``.
+        """
+        first, first_time, second, second_time = self._from_shortlist(tasks, ready)
+        stale = second_time >= self.bound[tasks]
+        if stale.any():
+            self._rescan(tasks[stale], ready)
+            redo = self._from_shortlist(tasks[stale], ready)
+            first[stale], first_time[stale], second[stale], second_time[stale] = redo
+        return first, first_time, second, second_time
+
+    def _from_shortlist(
+        self, tasks: IntArray, ready: FloatArray
+    ) -> tuple[IntArray, FloatArray, IntArray, FloatArray]:
+        machines = self.machines[tasks]
+        times = self.cost[tasks[:, None], machines] + ready[machines]
+        lowest = times.min(axis=1)
+        first = np.where(times == lowest[:, None], machines, self.cost.shape[1]).min(axis=1)
+        times[machines == first[:, None]] = np.inf
+        runner_up = times.min(axis=1)
+        second = np.where(times == runner_up[:, None], machines, self.cost.shape[1]).min(axis=1)
+        return first, lowest, np.minimum(second, self.cost.shape[1] - 1), runner_up
 
 
 class MinMin(GreedyPolicy):
@@ -123,41 +168,64 @@ class MinMin(GreedyPolicy):
         n, m = cost.shape
         # The smallest completion time on machine j is ready[j] plus the smallest unassigned
         # entry of column j, and that entry does not depend on ready[j]. So each column keeps a
-        # cursor into its sorted order, which moves only past tasks that were assigned.
+        # cursor into its sorted order. Cursors move lazily: a head whose task was taken only
+        # understates its column, so it is advanced when it would win a selection.
         columns = np.empty((m, n + 1))
         columns[:, :n] = cost.T
         columns[:, n] = np.inf
+        # Equal values are adjacent after sorting; the lowest task index among them is found
+        # when a column is selected (see _lowest_tied), so an unstable sort is enough.
         order = np.argsort(columns, axis=1)
-        heads = np.take_along_axis(columns, order, axis=1)
-        tied = ((heads[:, 1:] == heads[:, :-1]) & np.isfinite(heads[:, 1:])).any(axis=1)
-        for column in np.flatnonzero(tied):
-            order[column] = np.argsort(columns[column], kind="stable")
-        del heads
-        # Task n is a sentinel that is never assigned, so no cursor runs off its column.
+        # Task n is a sentinel that is never taken, so no cursor runs off its column.
         taken = np.zeros(n + 1, dtype=np.bool_)
         cursor = np.zeros(m, dtype=np.int64)
-        lines = np.arange(m)
         head = order[:, 0].copy()
-        head_cost = columns[lines, head]
+        head_cost = columns[np.arange(m), head]
         ready = np.zeros(m)
         result = np.empty(n, dtype=np.int64)
         for _ in range(n):
-            finish = ready + head_cost
-            machine = int(finish.argmin())
-            ties = np.flatnonzero(finish == finish[machine])
-            if ties.size > 1:
-                machine = int(ties[head[ties].argmin()])
-            task = int(head[machine])
+            while True:
+                finish = ready + head_cost
+                machines = np.flatnonzero(finish == finish.min())
+                stale = machines[taken[head[machines]]]
+                if stale.size == 0:
+                    break
+                for column in stale.tolist():
+                    cursor[column] = _next_free(order[column], taken, int(cursor[column]))
+                    head[column] = order[column, cursor[column]]
+                    head_cost[column] = columns[column, head[column]]
+            firsts = [_lowest_tied(columns[j], order[j], taken, int(cursor[j])) for j in machines]
+            pick = int(np.argmin(firsts))
+            machine, task = int(machines[pick]), firsts[pick]
             result[task] = machine
             taken[task] = True
             ready[machine] += head_cost[machine]
-            moving = np.flatnonzero(head == task)
-            while moving.size:
-                cursor[moving] += 1
-                head[moving] = order[moving, cursor[moving]]
-                head_cost[moving] = columns[moving, head[moving]]
-                moving = moving[taken[head[moving]]]
         return result
+
+
+def _lowest_tied(
+    column: FloatArray, order: IntArray, taken: npt.NDArray[np.bool_], start: int
+) -> int:
+    """Return the lowest free task whose value equals that of the free task at ``start``."""
+    value = column[order[start]]
+    if column[order[start + 1]] != value:
+        return int(order[start])
+    end = start + 1
+    while column[order[end]] == value:
+        end += 1
+    run = order[start:end]
+    return int(run[~taken[run]].min())
+
+
+def _next_free(order: IntArray, taken: npt.NDArray[np.bool_], start: int) -> int:
+    """Return the first position at or after ``start`` whose task in ``order`` is not taken."""
+    step = 64
+    while True:
+        free = np.flatnonzero(~taken[order[start : start + step]])
+        if free.size:
+            return start + int(free[0])
+        start += step
+        step *= 2
 
 
 class MaxMin(GreedyPolicy):
@@ -172,9 +240,9 @@ class MaxMin(GreedyPolicy):
         """Map tasks to machines; see :meth:`GreedyPolicy.solve`."""
         n = cost.shape[0]
         ready = np.zeros(cost.shape[1])
-        # Ready times only grow, so a runner-up time once computed stays a lower bound on the
-        # best time elsewhere; a task keeps its machine while its time stays below that bound.
-        best_machine, best_time, _, runner_up, _ = _ranked(cost.copy())
+        shortlist = _Shortlist(cost)
+        everyone = np.arange(n)
+        best_machine, best_time, _, _ = shortlist.best_two(everyone, ready)
         result = np.empty(n, dtype=np.int64)
         for _ in range(n):
             task = int(best_time.argmax())
@@ -183,24 +251,19 @@ class MaxMin(GreedyPolicy):
             ready[machine] += cost[task, machine]
             best_time[task] = -np.inf
             best_machine[task] = -1
+            # Only tasks whose best machine just got busier can have a new best machine.
             stale = np.flatnonzero(best_machine == machine)
-            if stale.size == 0:
-                continue
-            time_here = cost[stale, machine] + ready[machine]
-            kept = time_here < runner_up[stale]
-            best_time[stale[kept]] = time_here[kept]
-            moved = stale[~kept]
-            if moved.size:
-                rows = cost[moved] + ready
-                best_machine[moved], best_time[moved], _, runner_up[moved], _ = _ranked(rows)
+            if stale.size:
+                best_machine[stale], best_time[stale], _, _ = shortlist.best_two(stale, ready)
         return result
 
 
 class Sufferage(GreedyPolicy):
-    """Sufferage: in each pass every machine takes, among the tasks that complete earliest on it,
-    the one that would suffer most (second-best minus best completion time) if denied it.
+    """Sufferage: each pass, every machine takes the task that would suffer most without it.
 
-    Ties go to the lowest task index. A task with a single feasible machine suffers infinitely.
+    A pass considers the tasks that complete earliest on a machine and gives it the one whose
+    sufferage (second-best minus best completion time) is largest. Ties go to the lowest task
+    index. A task with a single feasible machine suffers infinitely.
     """
 
     name: ClassVar[str] = "sufferage"
@@ -209,9 +272,8 @@ class Sufferage(GreedyPolicy):
         """Map tasks to machines; see :meth:`GreedyPolicy.solve`."""
         n, m = cost.shape
         ready = np.zeros(m)
-        # As in Min-min, the stored third-best time is a lower bound that lets most tasks keep
-        # their two best machines without a scan of their whole row.
-        first, first_time, second, second_time, third_bound = _ranked(cost.copy())
+        shortlist = _Shortlist(cost)
+        first, first_time, second, second_time = shortlist.best_two(np.arange(n), ready)
         pending = np.ones(n, dtype=np.bool_)
         result = np.empty(n, dtype=np.int64)
         while True:
@@ -232,36 +294,19 @@ class Sufferage(GreedyPolicy):
             pending[winners] = False
             changed = np.zeros(m, dtype=np.bool_)
             changed[won] = True
+            # Only tasks whose two best machines include a busier one can change their ranking.
             stale = np.flatnonzero(pending & (changed[first] | changed[second]))
-            if stale.size == 0:
-                continue
-            a, b = first[stale], second[stale]
-            time_a = cost[stale, a] + ready[a]
-            time_b = cost[stale, b] + ready[b]
-            swap = (time_b < time_a) | ((time_b == time_a) & (b < a))
-            low = np.where(swap, time_b, time_a)
-            high = np.where(swap, time_a, time_b)
-            kept = high < third_bound[stale]
-            keep = stale[kept]
-            first[keep] = np.where(swap, b, a)[kept]
-            second[keep] = np.where(swap, a, b)[kept]
-            first_time[keep] = low[kept]
-            second_time[keep] = high[kept]
-            moved = stale[~kept]
-            if moved.size:
-                rows = cost[moved] + ready
-                (
-                    first[moved],
-                    first_time[moved],
-                    second[moved],
-                    second_time[moved],
-                    third_bound[moved],
-                ) = _ranked(rows)
+            if stale.size:
+                first[stale], first_time[stale], second[stale], second_time[stale] = (
+                    shortlist.best_two(stale, ready)
+                )
 
 
 class Lpt(GreedyPolicy):
-    """Longest processing time first: tasks by decreasing smallest ETC, each to the machine where
-    it completes earliest (ties to the lowest index).
+    """Longest processing time first, adapted to unrelated machines.
+
+    Tasks are taken by decreasing smallest ETC, each to the machine where it completes earliest
+    (ties to the lowest index).
     """
 
     name: ClassVar[str] = "lpt"
@@ -293,7 +338,8 @@ class RoundRobin(GreedyPolicy):
         n, m = cost.shape
         finite = np.isfinite(cost)
         if finite.all():
-            return np.arange(n, dtype=np.int64) % m
+            result: IntArray = np.arange(n, dtype=np.int64) % m
+            return result
         result = np.empty(n, dtype=np.int64)
         cursor = 0
         for task in range(n):
