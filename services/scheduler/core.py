@@ -13,8 +13,9 @@ from services.scheduler.events import EventLog
 from services.scheduler.jobs import normalize_spec
 from services.scheduler.policies import POLICIES
 from services.scheduler.runner import AggregatorPort, JobRunner
-from services.scheduler.store import JobStore, NodeView
-from tessera.common.errors import Conflict, InvalidSpec, NotFound
+from services.scheduler.store import JobStore, NodeView, PatientJobStore
+from tessera.common.errors import Conflict, InvalidSpec, NotFound, StoreUnavailable
+from tessera.common.retry import Backoff
 from tessera.v1 import common_pb2, scheduler_pb2
 
 __all__ = ["SchedulerCore"]
@@ -37,6 +38,9 @@ class SchedulerCore:
 
     def __init__(self, store: JobStore, nodes: NodeView, aggregator: AggregatorPort) -> None:
         self._store = store
+        self._stopping = threading.Event()
+        # Runners outlive etcd outages; RPC handlers answer UNAVAILABLE at once instead.
+        self._patient_store = PatientJobStore(store, stop=self._stopping)
         self._nodes = nodes
         self._aggregator = aggregator
         self.dispatcher = Dispatcher()
@@ -45,15 +49,28 @@ class SchedulerCore:
         self._policies = frozenset(POLICIES)
 
     def start(self) -> None:
-        """Watch nodes and resume every unfinished job found in the store."""
+        """Watch nodes and resume every unfinished job found in the store.
+
+        Waits (with backoff, logging) while etcd is unreachable, so a scheduler may start
+        before its etcd does.
+        """
         self._nodes.subscribe(self._on_nodes_changed)
-        self._nodes.start()
-        for job in self._store.list_jobs():
+        backoff = Backoff(initial=0.2, maximum=5.0)
+        while True:
+            try:
+                self._nodes.start()
+                break
+            except StoreUnavailable as exc:
+                log.warning("waiting for etcd: %s", exc)
+                if backoff.wait(self._stopping):
+                    raise
+        for job in self._patient_store.list_jobs():
             if job.state not in _TERMINAL:
                 self._resume(job)
 
     def stop(self) -> None:
         """Stop watching; unfinished jobs stay in the store and resume on the next start."""
+        self._stopping.set()
         self._nodes.stop()
         with self._lock:
             runners = list(self._runners.values())
@@ -77,7 +94,7 @@ class SchedulerCore:
     def _start_runner(self, job: common_pb2.Job) -> None:
         runner = JobRunner(
             job,
-            store=self._store,
+            store=self._patient_store,
             aggregator=self._aggregator,
             dispatcher=self.dispatcher,
             live_nodes=self._nodes.nodes,

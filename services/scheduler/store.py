@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import etcd3.events
 from google.protobuf import json_format
 
-from tessera.common.errors import NotFound, StoreCorrupt
+from tessera.common.errors import NotFound, StoreCorrupt, StoreUnavailable
 from tessera.common.etcd import KeySchema, translate_errors
 from tessera.common.etcd.records import decode_node_record
 from tessera.common.retry import Backoff
 from tessera.v1 import common_pb2
 
-__all__ = ["EtcdJobStore", "JobStore", "NodeView"]
+__all__ = ["EtcdJobStore", "JobStore", "NodeView", "PatientJobStore"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -250,3 +253,53 @@ class NodeView:
         """A snapshot of the live nodes by id."""
         with self._lock:
             return dict(self._nodes)
+
+
+class PatientJobStore:
+    """A ``JobStore`` that rides out etcd outages: calls retry ``StoreUnavailable`` with backoff.
+
+    Job runners write through this, so an etcd restart stalls a job instead of failing it.
+    After ``patience`` seconds of failures (or once ``stop`` is set) the error is raised.
+    """
+
+    def __init__(
+        self, inner: JobStore, *, patience: float = 300.0, stop: threading.Event | None = None
+    ) -> None:
+        self._inner = inner
+        self._patience = patience
+        self._stop = stop or threading.Event()
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self._patience
+        backoff = Backoff(initial=0.1, maximum=5.0)
+        while True:
+            try:
+                return fn()
+            except StoreUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("%s failed (%s); retrying", what, exc)
+                if backoff.wait(self._stop):
+                    raise
+
+    def save_job(self, job: common_pb2.Job) -> None:  # noqa: D102 - contract in JobStore
+        self._retry("job write", lambda: self._inner.save_job(job))
+
+    def get_job(self, job_id: str) -> common_pb2.Job:  # noqa: D102
+        return self._retry("job read", lambda: self._inner.get_job(job_id))
+
+    def list_jobs(self) -> list[common_pb2.Job]:  # noqa: D102
+        return self._retry("job listing", self._inner.list_jobs)
+
+    def save_tasks(  # noqa: D102
+        self, job_id: str, round_index: int, tasks: Sequence[tuple[int, dict[str, Any]]]
+    ) -> None:
+        self._retry("task write", lambda: self._inner.save_tasks(job_id, round_index, tasks))
+
+    def save_round(  # noqa: D102
+        self, job: common_pb2.Job, metrics: common_pb2.RoundMetrics
+    ) -> None:
+        self._retry("round write", lambda: self._inner.save_round(job, metrics))
+
+    def round_metrics(self, job_id: str) -> list[common_pb2.RoundMetrics]:  # noqa: D102
+        return self._retry("metrics read", lambda: self._inner.round_metrics(job_id))

@@ -102,3 +102,25 @@ def _metric(cluster: LocalCluster, process: str, prefix: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         lines = response.read().decode().splitlines()
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+
+
+def test_an_etcd_restart_mid_job_loses_nothing(cluster: LocalCluster) -> None:
+    # Prepare
+    with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+        spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=25)
+        handle = client.submit(spec)
+        for event in handle.watch():
+            if event.kind is EventKind.ROUND_COMPLETED and event.metrics is not None:
+                if event.metrics.round >= 3:
+                    break
+        # Execute: SIGKILL etcd, then bring it back with the same data on the same port.
+        cluster.etcd.kill()
+        cluster.etcd.restart()
+        final = handle.wait()
+        nodes = client.list_nodes()
+    # Assert
+    assert final.state is JobState.SUCCEEDED, final.message
+    assert final.rounds_completed == 25
+    assert len(nodes) == 3
+    applied = _metric(cluster, "aggregator", 'tessera_contributions_total{decision="applied"')
+    assert applied == 25 * 3

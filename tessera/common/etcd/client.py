@@ -46,7 +46,13 @@ def connect(endpoint: str, *, timeout: float = 5.0) -> Any:
     The connection is lazy: errors surface on first use, translated by ``translate_errors``.
     """
     host, port = parse_endpoint(endpoint)
-    return etcd3.client(host=host, port=port, timeout=timeout)
+    client = etcd3.client(host=host, port=port, timeout=timeout)
+    # The library benches an endpoint for five minutes after one failed call, which with a
+    # single endpoint means five minutes without etcd after a restart. gRPC's own reconnect
+    # backoff already paces retries, so never bench it.
+    for each in client.endpoints.values():
+        each.time_retry = 0.0
+    return client
 
 
 @contextmanager
@@ -63,6 +69,8 @@ def translate_errors(what: str) -> Iterator[None]:
         etcd3.exceptions.ConnectionTimeoutError,
         etcd3.exceptions.InternalServerError,
     ) as exc:
+        raise StoreUnavailable(f"etcd unavailable during {what}: {exc}") from exc
+    except etcd3.exceptions.NoServerAvailableError as exc:
         raise StoreUnavailable(f"etcd unavailable during {what}: {exc}") from exc
     except grpc.RpcError as exc:
         raise StoreUnavailable(f"etcd error during {what}: {exc.code().name}") from exc

@@ -58,6 +58,7 @@ class EtcdProcess:
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tessera-etcd-"))
         self._requested_port = client_port
+        self._peer_port = 0
         self.client_port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
@@ -77,7 +78,8 @@ class EtcdProcess:
         last_error = ""
         for _ in range(attempts):
             self.client_port = self._requested_port or free_port()
-            peer_port = free_port()
+            peer_port = self._peer_port or free_port()
+            self._peer_port = peer_port
             log_path = self.data_dir / "etcd.log"
             self._log = log_path.open("ab")
             self.process = subprocess.Popen(
@@ -101,6 +103,7 @@ class EtcdProcess:
                 return self
             last_error = log_path.read_text(errors="replace")[-2000:]
             self._terminate()
+            self._peer_port = 0
         raise Unavailable(f"etcd did not start; last log lines:\n{last_error}")
 
     def _wait_ready(self, timeout: float) -> bool:
@@ -138,6 +141,25 @@ class EtcdProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL etcd, keeping its data directory (for restart tests)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self, timeout: float = 20.0) -> None:
+        """Start etcd again on the same client port with the same data.
+
+        Raises:
+            Unavailable: it did not become ready.
+        """
+        self._requested_port = self.client_port
+        self._peer_port = self._peer_port or free_port()
+        self.start(timeout=timeout, attempts=1)
 
     def stop(self) -> None:
         """Stop etcd and remove the data directory if this object created it."""
