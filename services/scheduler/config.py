@@ -20,6 +20,9 @@ class SchedulerConfig:
     Attributes:
         aggregator: the aggregator's ``host:port``, handed to workers with each task.
         max_workers: RPC threads; every open task stream and job watch holds one.
+        advertise: the address other replicas and operators see for this one (default
+            ``host:port``).
+        leader_ttl: seconds after which a silent leader loses its lease to a standby.
     """
 
     common: CommonConfig
@@ -27,6 +30,8 @@ class SchedulerConfig:
     etcd_prefix: str
     aggregator: str
     max_workers: int = 256
+    advertise: str = ""
+    leader_ttl: int = 5
 
 
 def parse_args(argv: list[str] | None = None) -> SchedulerConfig:
@@ -38,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> SchedulerConfig:
         "--aggregator", default=os.environ.get("TESSERA_AGGREGATOR", "127.0.0.1:50053")
     )
     parser.add_argument("--max-workers", type=int, default=256)
+    parser.add_argument("--advertise", default=os.environ.get("TESSERA_ADVERTISE", ""))
+    parser.add_argument("--leader-ttl", type=int, default=5)
     args = parser.parse_args(argv)
     return SchedulerConfig(
         common=CommonConfig.from_args(args),
@@ -45,4 +52,6 @@ def parse_args(argv: list[str] | None = None) -> SchedulerConfig:
         etcd_prefix=args.etcd_prefix,
         aggregator=args.aggregator,
         max_workers=args.max_workers,
+        advertise=args.advertise,
+        leader_ttl=args.leader_ttl,
     )

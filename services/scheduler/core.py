@@ -14,7 +14,7 @@ from services.scheduler.jobs import normalize_spec
 from services.scheduler.policies import POLICIES
 from services.scheduler.runner import AggregatorPort, JobRunner
 from services.scheduler.store import JobStore, NodeView, PatientJobStore
-from tessera.common.errors import Conflict, InvalidSpec, NotFound, StoreUnavailable
+from tessera.common.errors import Conflict, InvalidSpec, NotFound, NotLeader, StoreUnavailable
 from tessera.common.retry import Backoff
 from tessera.v1 import common_pb2, scheduler_pb2
 
@@ -42,19 +42,31 @@ class SchedulerCore:
         # Runners outlive etcd outages; RPC handlers answer UNAVAILABLE at once instead.
         self._patient_store = PatientJobStore(store, stop=self._stopping)
         self._nodes = nodes
+        self._nodes.subscribe(self._on_nodes_changed)
         self._aggregator = aggregator
         self.dispatcher = Dispatcher()
         self._runners: dict[str, JobRunner] = {}
         self._lock = threading.Lock()
         self._policies = frozenset(POLICIES)
+        self._leading = False
+
+    @property
+    def leading(self) -> bool:
+        """Whether this replica leads (serves jobs) now."""
+        return self._leading
+
+    def _require_leader(self) -> None:
+        if not self._leading:
+            raise NotLeader("this scheduler is a standby; the leader serves jobs")
 
     def start(self) -> None:
-        """Watch nodes and resume every unfinished job found in the store.
+        """Lead: watch nodes and resume every unfinished job found in the store.
 
         Waits (with backoff, logging) while etcd is unreachable, so a scheduler may start
         before its etcd does.
         """
-        self._nodes.subscribe(self._on_nodes_changed)
+        self._stopping = threading.Event()
+        self._patient_store = PatientJobStore(self._store, stop=self._stopping)
         backoff = Backoff(initial=0.2, maximum=5.0)
         while True:
             try:
@@ -67,15 +79,26 @@ class SchedulerCore:
         for job in self._patient_store.list_jobs():
             if job.state not in _TERMINAL:
                 self._resume(job)
+        self._leading = True
 
     def stop(self) -> None:
-        """Stop watching; unfinished jobs stay in the store and resume on the next start."""
+        """Stop leading: abandon the runners without writing, stop watching nodes.
+
+        Unfinished jobs stay in the store as they are and resume wherever the next leader
+        starts (this replica again, or another one).
+        """
+        self._leading = False
         self._stopping.set()
         self._nodes.stop()
         with self._lock:
             runners = list(self._runners.values())
+            self._runners.clear()
         for runner in runners:
-            runner.events.wake()
+            runner.abandon()
+        for runner in runners:
+            runner.join(timeout=10)
+        for node_id in list(self.dispatcher.nodes()):
+            self.dispatcher.forget(node_id)
 
     def _resume(self, job: common_pb2.Job) -> None:
         version = self._aggregator.open_job(job.job_id, job.spec)
@@ -119,6 +142,7 @@ class SchedulerCore:
             InvalidSpec: the spec breaks a rule (the message names the field).
             Unavailable: the aggregator or etcd cannot be reached.
         """
+        self._require_leader()
         normalized = normalize_spec(spec, self._policies)
         job_id = uuid.uuid4().hex[:12]
         self._aggregator.open_job(job_id, normalized)
@@ -146,11 +170,13 @@ class SchedulerCore:
         """
         if not job_id:
             raise InvalidSpec("job_id is required")
+        self._require_leader()
         runner = self._runner(job_id)
         return _copy(runner.job) if runner else self._store.get_job(job_id)
 
     def list_jobs(self) -> list[common_pb2.Job]:
         """Every job, oldest first."""
+        self._require_leader()
         stored = {j.job_id: j for j in self._store.list_jobs()}
         with self._lock:
             live = {job_id: _copy(r.job) for job_id, r in self._runners.items()}
@@ -230,6 +256,7 @@ class SchedulerCore:
         """
         if not node_id:
             raise InvalidSpec("node_id is required")
+        self._require_leader()
         if not self._nodes.contains(node_id):
             raise NotFound(f"node {node_id!r} is not registered (or its lease expired)")
         return self.dispatcher.stream(node_id, stop)
@@ -241,6 +268,7 @@ class SchedulerCore:
             NotFound: no such job.
             Conflict: the job already finished.
         """
+        self._require_leader()
         runner = self._runner(request.job_id)
         if runner is None:
             self._store.get_job(request.job_id)  # NotFound for unknown jobs

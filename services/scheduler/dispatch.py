@@ -60,6 +60,11 @@ class Dispatcher:
             self._generation[node_id] = self._generation.get(node_id, 0) + 1
             self._cond.notify_all()
 
+    def nodes(self) -> list[str]:
+        """Nodes with queued or in-flight tasks, or an open stream."""
+        with self._cond:
+            return sorted(set(self._pending) | set(self._inflight) | set(self._generation))
+
     def wake(self) -> None:
         """Let blocked streams re-check whether they should end."""
         with self._cond:

@@ -27,14 +27,24 @@ class SchedulerCollector(Collector):
     def __init__(self, core: SchedulerCore) -> None:
         self._core = core
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:  # noqa: D102 - Collector API
+        yield GaugeMetricFamily("tessera_live_nodes", "Nodes with a live lease")
+        yield GaugeMetricFamily("tessera_jobs", "Jobs by state", labels=["state"])
+        yield GaugeMetricFamily("tessera_tasks", "Tasks by state", labels=["state"])
+        yield GaugeMetricFamily("tessera_leader", "1 while this scheduler leads")
+
     def collect(self) -> Iterator[GaugeMetricFamily]:  # noqa: D102 - Collector API
+        leading = self._core.leading
+        yield GaugeMetricFamily(
+            "tessera_leader", "1 while this scheduler leads", value=1.0 if leading else 0.0
+        )
         yield GaugeMetricFamily(
             "tessera_live_nodes", "Nodes with a live lease", value=self._core.live_node_count()
         )
         jobs = GaugeMetricFamily("tessera_jobs", "Jobs by state", labels=["state"])
         by_state = Counter(
             common_pb2.JobState.Name(j.state).removeprefix("JOB_STATE_").lower()
-            for j in self._core.list_jobs()
+            for j in (self._core.list_jobs() if leading else [])
         )
         for state, count in sorted(by_state.items()):
             jobs.add_metric([state], count)

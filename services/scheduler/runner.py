@@ -26,7 +26,7 @@ from services.scheduler.planner import (
 )
 from services.scheduler.rounds import RoundState, TaskState
 from services.scheduler.store import JobStore
-from tessera.common.errors import TesseraError
+from tessera.common.errors import NotLeader, TesseraError
 from tessera.v1 import common_pb2, scheduler_pb2
 
 __all__ = ["AggregatorPort", "JobRunner"]
@@ -78,6 +78,7 @@ class JobRunner:
         self._lost: set[str] = set()
         self._nodes_changed = False
         self._cancelled = False
+        self._abandoned = False
         self._failures: dict[str, int] = {}
         self._throughput = ThroughputTracker()
         self._plans = PlacementCache()
@@ -99,6 +100,21 @@ class JobRunner:
         with self._cond:
             self._cancelled = True
             self._cond.notify_all()
+
+    def abandon(self) -> None:
+        """Stop without recording anything: another scheduler carries the job on."""
+        with self._cond:
+            self._abandoned = True
+            self._cancelled = True
+            self._cond.notify_all()
+        self.events.publish(
+            scheduler_pb2.JobEvent(
+                kind=Kind.JOB_EVENT_KIND_WAITING,
+                job=self.job,
+                message="this scheduler stepped down; reconnect to the new leader",
+            ),
+            final=True,
+        )
 
     def on_nodes_changed(self, lost: set[str]) -> None:
         """The live-node view changed; ``lost`` nodes vanished."""
@@ -158,7 +174,11 @@ class JobRunner:
     def _run(self) -> None:
         try:
             self._run_rounds()
+        except NotLeader as exc:
+            log.warning("job %s left to the new leader: %s", self.job.job_id, exc)
         except TesseraError as exc:
+            if self._abandoned:
+                return
             self._finish(common_pb2.JOB_STATE_FAILED, str(exc))
         except Exception as exc:  # noqa: BLE001 - a job fails, the scheduler stays up
             log.exception("job %s crashed", self.job.job_id)
@@ -365,6 +385,8 @@ class JobRunner:
             self._dispatcher.retract(task.node_id, (self.job.job_id, state.round, task.index))
 
     def _finish(self, final_state: common_pb2.JobState.ValueType, message: str) -> None:
+        if self._abandoned:
+            return
         self.job.state = final_state
         self.job.message = message
         self.job.finished_at = time.time()

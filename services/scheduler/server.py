@@ -12,9 +12,11 @@ from prometheus_client import REGISTRY
 from services.scheduler.aggregator_client import AggregatorClient
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.core import SchedulerCore
+from services.scheduler.election import LeaderElection
 from services.scheduler.metrics import SchedulerCollector
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.store import EtcdJobStore, NodeView
+from tessera.common.errors import NotLeader
 from tessera.common.etcd import KeySchema, connect
 from tessera.common.grpc_server import ServiceBinding, create_server, stop_server
 from tessera.common.service import run_until_signalled, setup_logging, start_metrics
@@ -27,17 +29,19 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
 @dataclass
 class RunningScheduler:
-    """A started scheduler and what it needs to stop cleanly."""
+    """A started scheduler replica and what it needs to stop cleanly."""
 
     server: grpc.Server
     port: int
     health: health.HealthServicer
     core: SchedulerCore
     aggregator: AggregatorClient
+    election: LeaderElection
 
     def stop(self, grace: float = 2.0) -> None:
-        """Stop serving, then stop the core."""
+        """Stop serving, resign leadership, stop the core."""
         stop_server(self.server, self.health, grace)
+        self.election.stop()
         self.core.stop()
         self.aggregator.close()
 
@@ -45,19 +49,40 @@ class RunningScheduler:
 def create_scheduler_server(
     config: SchedulerConfig, etcd_client: Any | None = None
 ) -> RunningScheduler:
-    """Start a scheduler: resume stored jobs, watch nodes, serve."""
+    """Start a scheduler replica: serve at once, lead (resume jobs) once elected.
+
+    Several replicas may run against one etcd; one leads and the others answer UNAVAILABLE
+    until they take over. The leader's writes are fenced by its election term.
+    """
     client = etcd_client or connect(config.etcd)
     keys = KeySchema(config.etcd_prefix)
     aggregator = AggregatorClient(config.aggregator)
-    core = SchedulerCore(EtcdJobStore(client, keys), NodeView(client, keys), aggregator)
-    core.start()
+    election: LeaderElection | None = None
+
+    def fence() -> list[Any]:
+        if election is None:
+            raise NotLeader("no election yet")
+        return election.fence()
+
+    core = SchedulerCore(
+        EtcdJobStore(client, keys, fence=fence), NodeView(client, keys), aggregator
+    )
     binding = ServiceBinding(
         SERVICE_NAME, scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(core)
     )
     server, port, health_servicer = create_server(
         [binding], address=config.common.address, max_workers=config.max_workers
     )
-    return RunningScheduler(server, port, health_servicer, core, aggregator)
+    election = LeaderElection(
+        client,
+        keys.election("scheduler"),
+        config.advertise or f"{config.common.host}:{port}",
+        ttl=config.leader_ttl,
+        on_elected=lambda _term: core.start(),
+        on_lost=core.stop,
+    )
+    election.start()
+    return RunningScheduler(server, port, health_servicer, core, aggregator, election)
 
 
 def serve(config: SchedulerConfig) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 import etcd3.events
 from google.protobuf import json_format
 
-from tessera.common.errors import NotFound, StoreCorrupt, StoreUnavailable
+from tessera.common.errors import NotFound, NotLeader, StoreCorrupt, StoreUnavailable
 from tessera.common.etcd import KeySchema, translate_errors
 from tessera.common.etcd.records import decode_node_record
 from tessera.common.retry import Backoff
@@ -89,15 +89,30 @@ def _decode_job(raw: bytes) -> common_pb2.Job:
 
 
 class EtcdJobStore:
-    """``JobStore`` on etcd; records are protobuf JSON, readable with etcdctl."""
+    """``JobStore`` on etcd; records are protobuf JSON, readable with etcdctl.
 
-    def __init__(self, client: Any, keys: KeySchema) -> None:
+    With a ``fence`` (the leader election's compares), every write is a transaction that
+    succeeds only while this replica leads; otherwise it raises ``NotLeader`` and writes nothing.
+    """
+
+    def __init__(
+        self, client: Any, keys: KeySchema, fence: Callable[[], list[Any]] | None = None
+    ) -> None:
         self._client = client
         self._keys = keys
+        self._fence = fence or list
+
+    def _write(self, what: str, puts: list[Any]) -> None:
+        compare = self._fence()
+        with translate_errors(what):
+            ok, _ = self._client.transaction(compare=compare, success=puts, failure=[])
+        if not ok:
+            raise NotLeader(f"{what} refused: this scheduler is no longer the leader")
 
     def save_job(self, job: common_pb2.Job) -> None:  # noqa: D102 - contract in JobStore
-        with translate_errors("job write"):
-            self._client.put(self._keys.job(job.job_id), json_format.MessageToJson(job, indent=0))
+        txn = self._client.transactions
+        payload = json_format.MessageToJson(job, indent=0)
+        self._write("job write", [txn.put(self._keys.job(job.job_id), payload)])
 
     def get_job(self, job_id: str) -> common_pb2.Job:  # noqa: D102
         with translate_errors("job read"):
@@ -123,8 +138,7 @@ class EtcdJobStore:
             )
             for index, state in tasks
         ]
-        with translate_errors("task write"):
-            self._client.transaction(compare=[], success=puts, failure=[])
+        self._write("task write", puts)
 
     def save_round(  # noqa: D102 - contract in JobStore
         self, job: common_pb2.Job, metrics: common_pb2.RoundMetrics
@@ -137,8 +151,7 @@ class EtcdJobStore:
                 json_format.MessageToJson(metrics, indent=0),
             ),
         ]
-        with translate_errors("round write"):
-            self._client.transaction(compare=[], success=puts, failure=[])
+        self._write("round write", puts)
 
     def round_metrics(self, job_id: str) -> list[common_pb2.RoundMetrics]:  # noqa: D102
         with translate_errors("metrics read"):
@@ -177,6 +190,8 @@ class NodeView:
         Raises:
             StoreUnavailable: etcd cannot be reached.
         """
+        self._closed = False
+        self._closed_event.clear()
         with translate_errors("node listing"):
             response = self._client.get_prefix_response(self._keys.nodes)
         nodes = {}
@@ -195,8 +210,12 @@ class NodeView:
         """Cancel the watch."""
         self._closed = True
         self._closed_event.set()
-        if self._watch_id is not None:
-            self._client.cancel_watch(self._watch_id)
+        watch_id, self._watch_id = self._watch_id, None
+        if watch_id is not None:
+            try:
+                self._client.cancel_watch(watch_id)
+            except Exception as exc:  # noqa: BLE001 - the watch dies with its stream anyway
+                log.info("node watch cancel failed: %s", exc)
 
     def _on_watch(self, response: Any) -> None:
         if isinstance(response, Exception):

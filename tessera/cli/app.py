@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from tessera.cli.exit_codes import ExitCode
-from tessera.client import Client, EventKind, Job, JobConfig, JobState
+from tessera.client import Client, EventKind, Job, JobConfig, JobState, RetryPolicy
 from tessera.common.errors import InvalidSpec, NotFound, TesseraError, Unavailable
 
 __all__ = ["DEMO_JOB", "app", "main"]
@@ -46,6 +46,8 @@ DEMO_JOB = JobConfig(
 )
 
 T = TypeVar("T")
+# Long enough to ride out a scheduler fail-over, short enough that a typo fails promptly.
+CLI_RETRY = RetryPolicy(patience=10.0)
 Scheduler = Annotated[str, typer.Option(envvar="TESSERA_SCHEDULER", help="scheduler host:port")]
 Registry = Annotated[str, typer.Option(envvar="TESSERA_REGISTRY", help="registry host:port")]
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
@@ -167,7 +169,9 @@ def up(
                 f"{workers} workers (logs in {cluster.log_dir})",
                 highlight=False,
             )
-            with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+            with Client(
+                cluster.scheduler_address, registry=cluster.registry_address, retry=CLI_RETRY
+            ) as client:
                 if demo:
                     spec = DEMO_JOB.with_(min_nodes=workers, tasks_per_round=workers)
                     handle = client.submit(spec)
@@ -239,7 +243,7 @@ def submit(
             "name": name,
         }
         spec = spec.with_(**{k: v for k, v in flags.items() if v is not None})
-        with Client(scheduler) as client:
+        with Client(scheduler, retry=CLI_RETRY) as client:
             handle = client.submit(spec)
             print(handle.job_id, flush=True)
             if watch:
@@ -253,7 +257,7 @@ def status(job_id: str, scheduler: Scheduler = "127.0.0.1:50052") -> None:
     """Print a job's summary as JSON."""
 
     def body() -> None:
-        with Client(scheduler) as client:
+        with Client(scheduler, retry=CLI_RETRY) as client:
             print(json.dumps(job_summary(client.get_job(job_id))))
 
     _guard(body)
@@ -264,7 +268,7 @@ def watch_cmd(job_id: str, scheduler: Scheduler = "127.0.0.1:50052") -> None:
     """Follow a job with a live progress bar until it ends."""
 
     def body() -> None:
-        with Client(scheduler) as client:
+        with Client(scheduler, retry=CLI_RETRY) as client:
             job = follow_job(client, job_id, Console(stderr=True))
             print(json.dumps(job_summary(job)))
             if job.state is not JobState.SUCCEEDED:
@@ -278,7 +282,7 @@ def jobs(scheduler: Scheduler = "127.0.0.1:50052", as_json: AsJson = False) -> N
     """List jobs."""
 
     def body() -> None:
-        with Client(scheduler) as client:
+        with Client(scheduler, retry=CLI_RETRY) as client:
             rows = [job_summary(j) for j in client.list_jobs()]
         _print_rows(rows, as_json, "jobs")
 
@@ -290,7 +294,7 @@ def nodes(registry: Registry = "127.0.0.1:50051", as_json: AsJson = False) -> No
     """List live volunteer nodes."""
 
     def body() -> None:
-        with Client(registry=registry) as client:
+        with Client(registry=registry, retry=CLI_RETRY) as client:
             rows = [
                 {
                     "node_id": n.node_id,
@@ -326,7 +330,7 @@ def cancel(job_id: str, scheduler: Scheduler = "127.0.0.1:50052") -> None:
     """Cancel a job."""
 
     def body() -> None:
-        with Client(scheduler) as client:
+        with Client(scheduler, retry=CLI_RETRY) as client:
             print(json.dumps(job_summary(client.cancel(job_id))))
 
     _guard(body)
@@ -344,7 +348,7 @@ def model_download(
     """Save a job's latest model as a safetensors file."""
 
     def body() -> None:
-        with Client(scheduler, aggregator=aggregator) as client:
+        with Client(scheduler, aggregator=aggregator, retry=CLI_RETRY) as client:
             saved = client.download_model(job_id, path)
         print(
             json.dumps(
@@ -366,7 +370,7 @@ def plot(job_id: str, path: Path, scheduler: Scheduler = "127.0.0.1:50052") -> N
     """Draw a job's loss and accuracy curves to a PNG."""
 
     def body() -> None:
-        with Client(scheduler) as client:
+        with Client(scheduler, retry=CLI_RETRY) as client:
             rounds = client.metrics(job_id)
         if not rounds:
             raise NotFound(f"job {job_id!r} has no completed rounds yet")

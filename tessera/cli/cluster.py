@@ -67,6 +67,7 @@ class LocalCluster:
         worker_slowdowns: list[float] | None = None,
         log_dir: Path | None = None,
         log_level: str = "INFO",
+        schedulers: int = 1,
     ) -> None:
         self.workers_wanted = workers
         self.ports = ports
@@ -75,6 +76,7 @@ class LocalCluster:
         self.worker_slowdowns = worker_slowdowns or []
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="tessera-logs-"))
         self.log_level = log_level
+        self.schedulers = schedulers
         self.etcd = EtcdProcess()
         self.services: dict[str, _Proc] = {}
         self.workers: list[_Proc] = []
@@ -87,8 +89,13 @@ class LocalCluster:
 
     @property
     def scheduler_address(self) -> str:
-        """``127.0.0.1:<port>`` of the scheduler."""
-        return f"127.0.0.1:{self.services['scheduler'].info['port']}"
+        """``127.0.0.1:<port>`` of the scheduler (comma-separated for several replicas)."""
+        return ",".join(f"127.0.0.1:{p.info['port']}" for p in self.scheduler_replicas)
+
+    @property
+    def scheduler_replicas(self) -> list[_Proc]:
+        """The scheduler processes, first one first."""
+        return [p for name, p in self.services.items() if name.startswith("scheduler")]
 
     @property
     def aggregator_address(self) -> str:
@@ -108,7 +115,7 @@ class LocalCluster:
             "--log-level",
             self.log_level,
             "--metrics-port",
-            str(self.ports.metrics_port(metrics_offset)),
+            str(self.ports.metrics_port(metrics_offset) if metrics_offset >= 0 else 0),
             *args,
         ]
         return _Proc(name, self._popen(name, command, ready), command), ready
@@ -180,8 +187,20 @@ class LocalCluster:
                 metrics_offset=1,
             )
             self.services["scheduler"] = scheduler
+            standbys = []
+            for replica in range(2, self.schedulers + 1):
+                proc, ready = self._spawn(
+                    f"scheduler-{replica}",
+                    "services.scheduler",
+                    ["--port", "0", *etcd, "--aggregator", self.aggregator_address],
+                    metrics_offset=-1,
+                )
+                self.services[proc.name] = proc
+                standbys.append((proc, ready))
             self._await_ready(registry, registry_ready)
             self._await_ready(scheduler, scheduler_ready)
+            for proc, ready in standbys:
+                self._await_ready(proc, ready)
             for _ in range(self.workers_wanted):
                 self.add_worker()
         except BaseException:
@@ -246,7 +265,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop workers first (they deregister), then the services, then etcd."""
-        groups = [self.workers, [self.services[n] for n in ("scheduler",) if n in self.services]]
+        groups = [self.workers, self.scheduler_replicas]
         groups.append([self.services[n] for n in ("aggregator", "registry") if n in self.services])
         for group in groups:
             for proc in group:

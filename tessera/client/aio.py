@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
@@ -53,11 +54,13 @@ class AsyncClient:
 
     async def _call(self, fn: Callable[..., Awaitable[R]], request: object) -> R:
         backoff = self._retry.backoff()
+        give_up_at = time.monotonic() + self._retry.patience
         for attempt in range(self._retry.attempts):
             try:
                 return await fn(request, timeout=self._timeout)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE_CODES or attempt == self._retry.attempts - 1:
+                final = attempt == self._retry.attempts - 1 or time.monotonic() >= give_up_at
+                if exc.code() not in RETRYABLE_CODES or final:
                     with translate_rpc_errors():
                         raise
             await asyncio.sleep(backoff.next_delay())
@@ -99,6 +102,7 @@ class AsyncClient:
         delivered = -1
         failures = 0
         backoff = self._retry.backoff()
+        last_progress = time.monotonic()
         while True:
             try:
                 with translate_rpc_errors():
@@ -110,11 +114,13 @@ class AsyncClient:
                                 continue
                             delivered = event.metrics.round
                         failures = 0
+                        last_progress = time.monotonic()
                         yield event
                 return
             except Unavailable:
                 failures += 1
-                if failures >= self._retry.attempts:
+                out_of_time = time.monotonic() - last_progress >= self._retry.patience
+                if failures >= self._retry.attempts or out_of_time:
                     raise
                 await asyncio.sleep(backoff.next_delay())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import grpc
 from tessera.client.jobs import JobConfig
 from tessera.client.models import ModelFile, write_model
 from tessera.client.types import EventKind, Job, JobEvent, Node, RoundMetrics
+from tessera.common.channels import open_channel
 from tessera.common.errors import NotFound, Unavailable
 from tessera.common.retry import Backoff
 from tessera.common.rpc import call_with_retry, translate_rpc_errors
@@ -34,9 +36,14 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How unary calls and watches retry UNAVAILABLE-like failures."""
+    """How unary calls and watches retry UNAVAILABLE-like failures.
 
-    attempts: int = 5
+    A call is retried until ``attempts`` calls were made or ``patience`` seconds passed; the
+    default patience outlasts a scheduler fail-over (a leader lease of 5 s, then election).
+    """
+
+    attempts: int = 50
+    patience: float = 30.0
     initial_backoff: float = 0.1
     max_backoff: float = 2.0
 
@@ -100,7 +107,7 @@ class Client:
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe default
         timeout: float = 30.0,
     ) -> None:
-        self._scheduler_channel = grpc.insecure_channel(scheduler)
+        self._scheduler_channel = open_channel(scheduler)
         self._registry_channel = grpc.insecure_channel(registry)
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._scheduler_channel)
         self._registry = registry_pb2_grpc.RegistryStub(self._registry_channel)
@@ -115,6 +122,7 @@ class Client:
             stop=self._stop,
             attempts=self._retry.attempts,
             backoff=self._retry.backoff(),
+            patience=self._retry.patience,
         )
 
     def submit(self, spec: JobConfig | common_pb2.JobSpec) -> JobHandle:
@@ -189,6 +197,7 @@ class Client:
         delivered = -1
         backoff = self._retry.backoff()
         failures = 0
+        last_progress = time.monotonic()
         while True:
             try:
                 with translate_rpc_errors():
@@ -200,11 +209,13 @@ class Client:
                                 continue
                             delivered = event.metrics.round
                         failures = 0
+                        last_progress = time.monotonic()
                         yield event
                 return
             except Unavailable:
                 failures += 1
-                if failures >= self._retry.attempts or backoff.wait(self._stop):
+                out_of_time = time.monotonic() - last_progress >= self._retry.patience
+                if failures >= self._retry.attempts or out_of_time or backoff.wait(self._stop):
                     raise
 
     def download_model(self, job_id: str, path: str | Path) -> ModelFile:

@@ -11,6 +11,7 @@ __all__ = [
     "Conflict",
     "InvalidSpec",
     "NotFound",
+    "NotLeader",
     "QuotaExceeded",
     "StoreCorrupt",
     "StoreUnavailable",
@@ -51,6 +52,10 @@ class Unschedulable(TesseraError):
 
 class Unavailable(TesseraError):
     """A dependency (etcd, another service) cannot be reached right now; retry later."""
+
+
+class NotLeader(Unavailable):
+    """This replica is not (or no longer) the leader; another one serves the request."""
 
 
 class StoreUnavailable(Unavailable):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -35,19 +36,24 @@ def call_with_retry(
     stop: threading.Event | None = None,
     attempts: int = 8,
     backoff: Backoff | None = None,
+    patience: float | None = None,
 ) -> T:
     """Call ``fn``, retrying UNAVAILABLE-like failures with backoff; translate errors.
+
+    Gives up after ``attempts`` calls or, when set, once ``patience`` seconds have passed.
 
     Raises:
         TesseraError: the translated final error (``Unavailable`` if stopped while retrying).
     """
     backoff = backoff or Backoff(initial=0.05, maximum=2.0)
     stop = stop or threading.Event()
+    give_up_at = None if patience is None else time.monotonic() + patience
     for attempt in range(attempts):
         try:
             return fn()
         except grpc.RpcError as exc:
-            final = exc.code() not in RETRYABLE_CODES or attempt == attempts - 1
+            out_of_time = give_up_at is not None and time.monotonic() >= give_up_at
+            final = exc.code() not in RETRYABLE_CODES or attempt == attempts - 1 or out_of_time
             if final or backoff.wait(stop):
                 with translate_rpc_errors():
                     raise

@@ -124,3 +124,41 @@ def test_an_etcd_restart_mid_job_loses_nothing(cluster: LocalCluster) -> None:
     assert len(nodes) == 3
     applied = _metric(cluster, "aggregator", 'tessera_contributions_total{decision="applied"')
     assert applied == 25 * 3
+
+
+def test_a_standby_scheduler_takes_over_when_the_leader_dies(tmp_path: Path) -> None:
+    with LocalCluster(
+        workers=3, heartbeat_interval=0.5, patience=4, log_dir=tmp_path, schedulers=2
+    ) as cluster:
+        with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+            spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=25)
+            handle = client.submit(spec)
+            for event in handle.watch():
+                if event.kind is EventKind.ROUND_COMPLETED and event.metrics is not None:
+                    if event.metrics.round >= 3:
+                        break
+            leader = _leader(cluster)
+            # Execute: SIGKILL the leader; its lease lapses and the standby is elected.
+            cluster.kill_service(leader)
+            final = handle.wait()
+        # Assert
+        assert final.state is JobState.SUCCEEDED, final.message
+        assert final.rounds_completed == 25
+        assert _leader(cluster) != leader
+        applied = _metric(cluster, "aggregator", 'tessera_contributions_total{decision="applied"')
+        assert applied == 25 * 3
+
+
+def _leader(cluster: LocalCluster) -> str:
+    """The name of the scheduler process that holds the election key."""
+    from tessera.common.etcd import KeySchema, connect
+
+    client = connect(cluster.etcd.endpoint)
+    try:
+        value, _ = client.get(KeySchema().election("scheduler"))
+    finally:
+        client.close()
+    address = value.decode()
+    return next(
+        p.name for p in cluster.scheduler_replicas if address.endswith(f":{p.info['port']}")
+    )

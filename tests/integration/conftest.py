@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,10 @@ def services(registry_config: RegistryConfig, etcd_server: Any) -> Iterator[Clus
             max_workers=32,
         )
     )
+    deadline = time.monotonic() + 30
+    while not scheduler.core.leading:
+        assert time.monotonic() < deadline, "the scheduler was not elected"
+        time.sleep(0.01)
     channels = [
         grpc.insecure_channel(f"127.0.0.1:{port}") for port in (reg_port, scheduler.port, agg_port)
     ]

@@ -211,6 +211,15 @@ def test_malformed_gradient_streams_get_invalid_argument(services: Cluster) -> N
         (common_pb2.JobSpec(policy="psychic"), "unknown scheduling policy 'psychic'"),
         (common_pb2.JobSpec(learning_rate=-0.5), "learning_rate (-0.5) must be > 0"),
         (common_pb2.JobSpec(hidden_sizes=[0]), "hidden size (0) must be in [1, 65536]"),
+        (
+            common_pb2.JobSpec(aggregation="krum", tasks_per_round=4),
+            "aggregation 'krum' with f=1 needs tasks_per_round >= 2f + 3 = 5, got 4",
+        ),
+        (
+            common_pb2.JobSpec(aggregation="trimmed_mean", min_nodes=2),
+            "aggregation 'trimmed_mean' with f=1 trims f from each side, so it needs "
+            "tasks_per_round >= 2f + 1 = 3, got 2",
+        ),
     ],
 )
 def test_bad_job_specs_get_invalid_argument_naming_the_field(

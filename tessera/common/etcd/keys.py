@@ -6,6 +6,7 @@ Layout under a configurable prefix (default ``/tessera``)::
     jobs/<job-id>                      job record (spec, state, progress)
     tasks/<job-id>/<round>/<task>      task assignment and state
     metrics/<job-id>/<round>           the round's held-out metrics
+    election/scheduler                 lease-bound: the leading scheduler's address
     aggregators/<id>                   lease-bound aggregator endpoint
 
 Tasks live beside jobs rather than under them so that listing jobs reads job records only.
@@ -70,6 +71,10 @@ class KeySchema:
     def round_metrics(self, job_id: str, round_index: int) -> str:
         """Key of one round's metrics."""
         return f"{self.metrics(job_id)}{round_index:08d}"
+
+    def election(self, name: str) -> str:
+        """Key whose holder leads the replicas called ``name``."""
+        return f"{self.prefix}/election/{name}"
 
     def node_id_from_key(self, key: str) -> str:
         """Inverse of ``node``."""
