@@ -68,6 +68,7 @@ class LocalCluster:
         log_dir: Path | None = None,
         log_level: str = "INFO",
         schedulers: int = 1,
+        host: str = "127.0.0.1",
     ) -> None:
         self.workers_wanted = workers
         self.ports = ports
@@ -77,6 +78,9 @@ class LocalCluster:
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="tessera-logs-"))
         self.log_level = log_level
         self.schedulers = schedulers
+        # The services' bind address; tests that put workers in network namespaces use the
+        # address of a veth they created.
+        self.host = host
         self.etcd = EtcdProcess()
         self.services: dict[str, _Proc] = {}
         self.workers: list[_Proc] = []
@@ -85,12 +89,12 @@ class LocalCluster:
     @property
     def registry_address(self) -> str:
         """``127.0.0.1:<port>`` of the registry."""
-        return f"127.0.0.1:{self.services['registry'].info['port']}"
+        return f"{self.host}:{self.services['registry'].info['port']}"
 
     @property
     def scheduler_address(self) -> str:
         """``127.0.0.1:<port>`` of the scheduler (comma-separated for several replicas)."""
-        return ",".join(f"127.0.0.1:{p.info['port']}" for p in self.scheduler_replicas)
+        return ",".join(f"{self.host}:{p.info['port']}" for p in self.scheduler_replicas)
 
     @property
     def scheduler_replicas(self) -> list[_Proc]:
@@ -100,13 +104,21 @@ class LocalCluster:
     @property
     def aggregator_address(self) -> str:
         """``127.0.0.1:<port>`` of the aggregator."""
-        return f"127.0.0.1:{self.services['aggregator'].info['port']}"
+        return f"{self.host}:{self.services['aggregator'].info['port']}"
 
     def _spawn(
-        self, name: str, module: str, args: list[str], metrics_offset: int
+        self,
+        name: str,
+        module: str,
+        args: list[str],
+        metrics_offset: int,
+        prefix: tuple[str, ...] = (),
     ) -> tuple[_Proc, Path]:
         ready = self.log_dir / f"{name}.ready"
+        if not module.endswith("worker"):
+            args = ["--host", self.host, *args]
         command = [
+            *prefix,
             sys.executable,
             "-m",
             module,
@@ -208,8 +220,8 @@ class LocalCluster:
             raise
         return self
 
-    def add_worker(self, slowdown: float | None = None) -> _Proc:
-        """Start one more worker (not waiting for it to register)."""
+    def add_worker(self, slowdown: float | None = None, netns: str | None = None) -> _Proc:
+        """Start one more worker (not waiting for it to register), optionally in a netns."""
         index = len(self.workers)
         if slowdown is None:
             slowdown = self.worker_slowdowns[index] if index < len(self.worker_slowdowns) else 1.0
@@ -227,6 +239,7 @@ class LocalCluster:
                 f"worker-{index}",
             ],
             metrics_offset=3 + index,
+            prefix=("ip", "netns", "exec", netns) if netns else (),
         )
         self.workers.append(proc)
         self._worker_ready[proc.name] = ready
