@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -85,6 +86,7 @@ class LocalCluster:
         self.services: dict[str, _Proc] = {}
         self.workers: list[_Proc] = []
         self._worker_ready: dict[str, Path] = {}
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
 
     @property
     def registry_address(self) -> str:
@@ -134,15 +136,21 @@ class LocalCluster:
 
     def _popen(self, name: str, command: list[str], ready: Path) -> subprocess.Popen[bytes]:
         ready.unlink(missing_ok=True)
-        with (self.log_dir / f"{name}.log").open("ab") as log:
-            return subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets PDEATHSIG
-            )
+
+        def spawn() -> subprocess.Popen[bytes]:
+            with (self.log_dir / f"{name}.log").open("ab") as log:
+                return subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets PDEATHSIG
+                )
+
+        # PDEATHSIG fires when the *thread* that forked the child ends, so every child is
+        # forked by one thread that lives exactly as long as the cluster.
+        return self._spawner.submit(spawn).result()
 
     def _await_ready(self, proc: _Proc, ready: Path, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -248,7 +256,7 @@ class LocalCluster:
     def metrics_ports(self) -> dict[str, int]:
         """Prometheus port of every process (waits for workers to report theirs)."""
         for proc in self.workers:
-            if not proc.info:
+            if not proc.info and proc.process.poll() is None:
                 self._await_ready(proc, self._worker_ready[proc.name])
         procs = [*self.services.values(), *self.workers]
         return {p.name: int(p.info["metrics_port"]) for p in procs if p.info.get("metrics_port")}
@@ -291,6 +299,7 @@ class LocalCluster:
                     proc.process.kill()
                     proc.process.wait()
         self.etcd.stop()
+        self._spawner.shutdown(wait=True)
 
     def __enter__(self) -> LocalCluster:
         return self.start()
