@@ -41,6 +41,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._entries: list[LedgerEntry] = []
         self._applied: set[tuple[str, int, int]] = set()
+        self._applied_per_round: Counter[tuple[str, int]] = Counter()
 
     def claim(self, job_id: str, round_index: int, task: int, node_id: str) -> bool:
         """Record an APPLIED decision if this key has none yet; else record a DUPLICATE.
@@ -56,6 +57,7 @@ class Ledger:
                 )
                 return False
             self._applied.add(key)
+            self._applied_per_round[job_id, round_index] += 1
             self._entries.append(LedgerEntry(job_id, round_index, task, node_id, Decision.APPLIED))
             return True
 
@@ -86,9 +88,18 @@ class Ledger:
     def applied_count(self, job_id: str, round_index: int) -> int:
         """How many distinct tasks of a round have been applied."""
         with self._lock:
-            return sum(1 for j, r, _t in self._applied if j == job_id and r == round_index)
+            return self._applied_per_round[job_id, round_index]
 
     def counts(self) -> Counter[str]:
         """Decisions by kind."""
         with self._lock:
             return Counter(e.decision.value for e in self._entries)
+
+    def rejections(self, job_id: str | None = None) -> Counter[str]:
+        """Rejections by kind (``stale``, ``non_finite``, ...), optionally for one job."""
+        with self._lock:
+            return Counter(
+                e.kind
+                for e in self._entries
+                if e.decision is Decision.REJECTED and (job_id is None or e.job_id == job_id)
+            )

@@ -1,4 +1,9 @@
-"""Prometheus metrics of the aggregator."""
+"""Prometheus metrics of the aggregator.
+
+Byte counters count payload bytes as they travel, encoded: a stream cut short counts what
+arrived, and each tensor's bytes count under the codec that encoded it (integer tensors travel
+with ``none`` whatever the job's codec).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,23 @@ __all__ = [
     "CONTRIBUTIONS",
     "JOB_ACCURACY",
     "JOB_LOSS",
+    "MODEL_BYTES_SENT",
     "MODEL_VERSION",
     "ROUND_SECONDS",
 ]
 
 BYTES_RECEIVED = Counter(
-    "tessera_bytes_received_total", "Contribution payload bytes received", ["codec"]
+    "tessera_bytes_received_total",
+    "Contribution payload bytes received, as encoded on the wire, by codec",
+    ["codec"],
+)
+MODEL_BYTES_SENT = Counter(
+    "tessera_model_bytes_sent_total", "Model payload bytes streamed to workers", ["codec"]
 )
 CONTRIBUTIONS = Counter(
     "tessera_contributions_total",
-    "Contributions by decision; rejections by kind (stale, task, samples, tensors, non_finite)",
+    "Contributions by decision; rejections by kind (stale, task, samples, assignment, tensors, "
+    "non_finite, too_large, malformed)",
     ["decision", "reason"],
 )
 MODEL_VERSION = Gauge("tessera_model_version", "Latest published model version", ["job"])

@@ -2,7 +2,13 @@
 
 Synchronous rounds: round ``r`` trains from model version ``r``; closing it combines the
 round's contributions with the job's aggregation rule, steps the optimizer and publishes
-version ``r + 1``.
+version ``r + 1``. How contributions are received, validated and folded into the round, and
+what that costs in memory, is in ``services.aggregator.ingest``.
+
+A job's settings are checked when it is opened, so that a job the aggregator could never
+complete fails at ``SubmitJob`` rather than at its first round's close: the rule's options
+must be valid and must fit ``tasks_per_round`` (Krum, Blanchard et al. 2017, needs
+``n >= 2f + 3``; the trimmed mean, Yin et al. 2018, ``n > 2f``).
 """
 
 from __future__ import annotations
@@ -10,20 +16,21 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from services.aggregator.ingest import BufferPool, Intake, RoundMean
 from services.aggregator.ledger import Decision, Ledger
-from services.aggregator.rules import get_rule
+from services.aggregator.rules import AggregationRule, Krum, TrimmedMean, get_rule
 from services.aggregator.rules.base import Update
-from services.aggregator.rules.mean import RunningMean
 from tessera.common.errors import Conflict, InvalidSpec, NotFound
 from tessera.ml.datasets import load_dataset
 from tessera.ml.training import apply_gradient, evaluate, make_optimizer
 from tessera.ml.zoo import ModelSpec, build_model
 from tessera.wire.codecs import TensorMeta
+from tessera.wire.frames import NonFinite, all_finite
 
 __all__ = [
     "Contribution",
@@ -31,6 +38,8 @@ __all__ = [
     "JobSettings",
     "Rejection",
     "RoundResult",
+    "build_rule",
+    "check_rule_fits",
     "settings_from_spec",
 ]
 
@@ -71,7 +80,12 @@ class RoundResult:
 
 @dataclass(frozen=True)
 class JobSettings:
-    """The parts of a job spec the aggregator uses."""
+    """The parts of a job spec the aggregator uses.
+
+    Attributes:
+        aggregation_options: the rule's options as (name, value) pairs, e.g.
+            ``(("f", 2), ("m", 3))`` for Multi-Krum; empty means the rule's defaults.
+    """
 
     model: str
     dataset: str
@@ -81,16 +95,40 @@ class JobSettings:
     aggregation: str
     tasks_per_round: int
     seed: int
+    aggregation_options: tuple[tuple[str, int | float], ...] = ()
 
 
 class JobModel:
-    """Model, optimizer and the open round of one job. Thread-safe."""
+    """Model, optimizer and the open round of one job. Thread-safe.
 
-    def __init__(self, job_id: str, settings: JobSettings, ledger: Ledger) -> None:
+    Args:
+        job_id: the job's id.
+        settings: validated settings (``settings_from_spec``).
+        ledger: where every decision about a contribution is recorded.
+        pool_capacity: idle receive buffers kept for reuse (``ingest.BufferPool``).
+        max_payload_bytes: the largest contribution the aggregator accepts; a model whose
+            gradient could never fit is refused here, when the job is opened.
+
+    Raises:
+        InvalidSpec: a setting the job cannot run with (rule, model, dataset, optimizer, or a
+            model larger than ``max_payload_bytes``).
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        settings: JobSettings,
+        ledger: Ledger,
+        *,
+        pool_capacity: int = 2,
+        max_payload_bytes: int | None = None,
+    ) -> None:
         self.job_id = job_id
         self.settings = settings
         self._ledger = ledger
         self._lock = threading.Lock()
+        self._rule = build_rule(settings)
+        check_rule_fits(settings.aggregation, self._rule, settings.tasks_per_round)
         data = load_dataset(settings.dataset)
         self._test = (data.test_x, data.test_y)
         self._model = build_model(
@@ -98,7 +136,20 @@ class JobModel:
             ModelSpec(data.num_features, data.num_classes, settings.hidden_sizes, settings.seed),
         )
         self._optimizer = make_optimizer(settings.optimizer, self._model, settings.learning_rate)
-        self._rule = get_rule(settings.aggregation)
+        self._parameter_metas = {
+            n: (p.dtype, tuple(p.shape)) for n, p in self._model.named_parameters()
+        }
+        raw_bytes = sum(p.numel() * p.element_size() for p in self._model.parameters())
+        if max_payload_bytes is not None and raw_bytes > max_payload_bytes:
+            raise InvalidSpec(
+                f"model {settings.model!r} with hidden sizes {list(settings.hidden_sizes)} has "
+                f"{raw_bytes} bytes of parameters; this aggregator accepts contributions of at "
+                f"most {max_payload_bytes} bytes (--max-payload-bytes)"
+            )
+        self.pool = BufferPool(pool_capacity)
+        # (round, task) -> the nodes the scheduler gave the task to (several if it was moved).
+        self._assignments: dict[tuple[int, int], set[str]] = {}
+        self._assignments_known = False
         self.version = 0
         self._snapshot = self._take_snapshot()
         self._reset_round()
@@ -110,14 +161,14 @@ class JobModel:
         return {k: v.detach().clone() for k, v in self._model.state_dict().items()}
 
     def _reset_round(self) -> None:
-        self._running = RunningMean()
+        self._mean = RoundMean(self.pool)
         self._buffered: list[Update] = []
         self._losses: list[tuple[float, int]] = []
 
     @property
     def parameter_metas(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         """Name -> (dtype, shape) of every trainable parameter; what a gradient must match."""
-        return {n: (p.dtype, tuple(p.shape)) for n, p in self._model.named_parameters()}
+        return dict(self._parameter_metas)
 
     def snapshot(self, version: int) -> tuple[int, Mapping[str, torch.Tensor]]:
         """The published weights of ``version`` (0 = latest).
@@ -133,6 +184,19 @@ class JobModel:
                 )
             return self.version, self._snapshot
 
+    def assign(self, round_index: int, task: int, node_id: str) -> None:
+        """Record that the scheduler gave ``task`` of ``round_index`` to ``node_id``.
+
+        Once a job has any assignment recorded, ``check_header`` accepts a contribution only
+        from a node its task was given to (any of them, for a task that was moved: all compute
+        the same contribution). Until then, any node may contribute.
+        """
+        with self._lock:
+            if round_index < self.version:
+                return
+            self._assignments_known = True
+            self._assignments.setdefault((round_index, task), set()).add(node_id)
+
     def check_header(self, c: Contribution, metas: Sequence[TensorMeta]) -> Rejection | None:
         """Return why a contribution must be rejected before its payload is read, or None."""
         if c.round != self.version or c.base_version != self.version:
@@ -147,7 +211,14 @@ class JobModel:
             )
         if c.samples < 1:
             return Rejection("samples", f"samples ({c.samples}) must be >= 1")
-        expected = self.parameter_metas
+        with self._lock:
+            assigned = self._assignments.get((c.round, c.task), set())
+            if self._assignments_known and c.node_id not in assigned:
+                return Rejection(
+                    "assignment",
+                    f"task {c.task} of round {c.round} was not assigned to node {c.node_id!r}",
+                )
+        expected = self._parameter_metas
         got = {m.name: (m.dtype, m.shape) for m in metas}
         if got.keys() != expected.keys():
             missing = sorted(expected.keys() - got.keys())
@@ -169,14 +240,66 @@ class JobModel:
         """Whether (job, round, task) is already applied; records the duplicate if so."""
         return self._ledger.note_duplicate(c.job_id, c.round, c.task, c.node_id)
 
+    def intake(self, c: Contribution, metas: Sequence[TensorMeta], *, max_bytes: int) -> Intake:
+        """A receiver for a contribution's payload, with a buffer from the job's pool.
+
+        Pass it to ``receive``, then to ``finish`` in a ``finally``.
+
+        Raises:
+            QuotaExceeded: the table declares more than ``max_bytes``.
+        """
+        with self._lock:
+            if self._rule.streaming:
+                return self._mean.intake(metas, float(c.samples), max_bytes=max_bytes)
+        return Intake(metas, max_bytes=max_bytes, pool=self.pool)
+
+    def finish(self, intake: Intake) -> None:
+        """End an intake whatever happened: return its buffer unless the round keeps it."""
+        with self._lock:
+            self._mean.finish(intake)
+
+    def receive(
+        self, c: Contribution, intake: Intake, chunks: Iterable[bytes | memoryview]
+    ) -> tuple[Decision, Rejection | None]:
+        """Receive a contribution's payload, then validate and apply it exactly once.
+
+        Reading stops at the first chunk with a non-finite value, or once the round has
+        closed. Call ``finish(intake)`` afterwards in any case.
+
+        Raises:
+            InvalidSpec: the chunks do not match the table (too many bytes, too few, or a
+                payload that does not decode).
+        """
+        try:
+            for chunk in chunks:
+                intake.write(chunk)
+                if self.version != c.round:
+                    rejection = Rejection(
+                        "stale", f"round {c.round} closed while the contribution arrived"
+                    )
+                    return Decision.REJECTED, self.reject(c, rejection)
+            tensors = intake.tensors()
+        except NonFinite as exc:
+            return Decision.REJECTED, self.reject(c, Rejection("non_finite", str(exc)))
+        return self._apply(c, tensors, intake)
+
     def add(
         self, c: Contribution, tensors: Mapping[str, torch.Tensor]
     ) -> tuple[Decision, Rejection | None]:
-        """Validate and apply a contribution exactly once; the decision is also in the ledger."""
+        """Validate and apply a contribution exactly once; the decision is also in the ledger.
+
+        The tensors stay the caller's: they are read, never modified or kept (except by a
+        robust rule, until the round closes).
+        """
         for name, tensor in tensors.items():
-            if not bool(torch.isfinite(tensor).all()):
+            if tensor.dtype.is_floating_point and not all_finite(tensor):
                 rejection = Rejection("non_finite", f"tensor {name!r} has non-finite values")
                 return Decision.REJECTED, self.reject(c, rejection)
+        return self._apply(c, tensors, None)
+
+    def _apply(
+        self, c: Contribution, tensors: Mapping[str, torch.Tensor], intake: Intake | None
+    ) -> tuple[Decision, Rejection | None]:
         with self._lock:
             if c.round != self.version:
                 rejection = Rejection(
@@ -185,11 +308,14 @@ class JobModel:
                 return Decision.REJECTED, self.reject(c, rejection)
             if not self._ledger.claim(c.job_id, c.round, c.task, c.node_id):
                 return Decision.DUPLICATE, None
-            update = Update(tensors, float(c.samples))
-            if self._rule.streaming:
-                self._running.add(update)
+            if self._rule.streaming and intake is not None:
+                self._mean.commit(intake, tensors, float(c.samples))
+            elif self._rule.streaming:
+                self._mean.add(tensors, float(c.samples))
             else:
-                self._buffered.append(update)
+                self._buffered.append(Update(tensors, float(c.samples)))
+                if intake is not None and intake.shares_buffer:
+                    intake.keep()
             self._losses.append((c.loss, c.samples))
         return Decision.APPLIED, None
 
@@ -220,11 +346,14 @@ class JobModel:
                     "contributions"
                 )
             gradient = (
-                self._running.result()
+                self._mean.result()
                 if self._rule.streaming
                 else self._rule.aggregate(self._buffered)
             )
             apply_gradient(self._model, self._optimizer, gradient)
+            # The optimizer keeps no reference to the gradient: its memory can be reused.
+            del gradient
+            self._mean.recycle()
             evaluation = evaluate(self._model, *self._test)
             total = sum(s for _, s in self._losses)
             train_loss = sum(loss * s for loss, s in self._losses) / total if total else math.nan
@@ -243,7 +372,58 @@ class JobModel:
             self._round_started = now
             self._results[round_index] = result
             self._reset_round()
+            self._assignments = {k: v for k, v in self._assignments.items() if k[0] >= self.version}
             return result
+
+    def close(self) -> None:
+        """Free the job's idle receive buffers."""
+        self.pool.clear()
+
+
+def build_rule(settings: JobSettings) -> AggregationRule:
+    """Build the job's aggregation rule with its options.
+
+    Raises:
+        InvalidSpec: unknown rule, an option it does not take, or an invalid option value.
+    """
+    return get_rule(settings.aggregation, **dict(settings.aggregation_options))
+
+
+def check_rule_fits(name: str, rule: AggregationRule, tasks_per_round: int) -> None:
+    """Check that a round of ``tasks_per_round`` contributions satisfies the rule's needs.
+
+    Raises:
+        InvalidSpec: e.g. "aggregation 'krum' with f=2 needs tasks_per_round >= 2f + 3 = 7,
+            got 5".
+    """
+    n = tasks_per_round
+    if isinstance(rule, Krum):
+        needed = 2 * rule.f + 3
+        if n < needed:
+            raise InvalidSpec(
+                f"aggregation {name!r} with f={rule.f} needs tasks_per_round >= 2f + 3 = "
+                f"{needed}, got {n}"
+            )
+        if rule.m > n - rule.f:
+            raise InvalidSpec(
+                f"aggregation {name!r} averages m={rule.m} contributions, at most "
+                f"tasks_per_round - f = {n - rule.f}"
+            )
+    elif isinstance(rule, TrimmedMean):
+        needed = 2 * rule.f + 1
+        if n < needed:
+            raise InvalidSpec(
+                f"aggregation {name!r} with f={rule.f} trims f from each side, so it needs "
+                f"tasks_per_round >= 2f + 1 = {needed}, got {n}"
+            )
+
+
+def _option_value(name: str, value: float) -> int | float:
+    # Options arrive as doubles (a proto map<string, double>); integral ones become ints so
+    # that integer options (f, m, iterations) validate.
+    if not math.isfinite(value):
+        raise InvalidSpec(f"aggregation option {name} ({value}) must be finite")
+    return int(value) if float(value).is_integer() else float(value)
 
 
 def settings_from_spec(
@@ -255,17 +435,35 @@ def settings_from_spec(
     aggregation: str,
     tasks_per_round: int,
     seed: int,
+    aggregation_options: Mapping[str, float] | None = None,
 ) -> JobSettings:
-    """Build and sanity-check ``JobSettings``.
+    """Build and check ``JobSettings``, including the rule and its fit to the round size.
+
+    Args:
+        model: a zoo model name.
+        dataset: a data set name.
+        hidden_sizes: the model's hidden widths (empty: the model's default).
+        optimizer: an optimizer name (``tessera.ml.training.OPTIMIZERS``).
+        learning_rate: the optimizer's learning rate, > 0.
+        aggregation: an aggregation rule name ("" means "mean").
+        tasks_per_round: contributions per round, >= 1.
+        seed: the seed of the model's initial weights.
+        aggregation_options: the rule's options (a job spec's proposed
+            ``map<string, double> aggregation_options``); None or empty: the defaults.
 
     Raises:
-        InvalidSpec: a value the aggregator cannot work with.
+        InvalidSpec: a value the aggregator cannot work with, naming it.
     """
     if tasks_per_round < 1:
         raise InvalidSpec(f"tasks_per_round ({tasks_per_round}) must be >= 1")
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise InvalidSpec(f"learning_rate ({learning_rate}) must be > 0")
-    return JobSettings(
+    options = tuple(
+        sorted(
+            (key, _option_value(key, value)) for key, value in (aggregation_options or {}).items()
+        )
+    )
+    settings = JobSettings(
         model=model,
         dataset=dataset,
         hidden_sizes=tuple(hidden_sizes),
@@ -274,4 +472,7 @@ def settings_from_spec(
         aggregation=aggregation or "mean",
         tasks_per_round=tasks_per_round,
         seed=seed,
+        aggregation_options=options,
     )
+    check_rule_fits(settings.aggregation, build_rule(settings), tasks_per_round)
+    return settings

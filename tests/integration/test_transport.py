@@ -6,6 +6,7 @@ own ``_fetch_model`` and ``_push`` (with the job's codec and error feedback) aga
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -307,3 +308,57 @@ def test_raw_frames_from_the_worker_and_protobuf_frames_reach_the_same_model(
     _, via_proto = aggregator.core.job("proto").snapshot(0)
     for name in via_raw:
         assert torch.equal(via_raw[name], via_proto[name])
+
+
+def test_concurrent_pushes_count_each_task_exactly_once_into_the_exact_mean(
+    aggregator: Server, agent: WorkerAgent
+) -> None:
+    # Prepare: a 4.3 MB model (5 chunks per push), six tasks, each pushed twice at once.
+    tasks, learning_rate = 6, 0.5
+    spec = _spec([1000, 1000], learning_rate=learning_rate, tasks_per_round=tasks)
+    _open(aggregator, "many", spec)
+    link = agent._aggregator(aggregator.address)  # noqa: SLF001
+    weights = agent._fetch_model(link, _task(aggregator, "many", spec, 0))  # noqa: SLF001
+    generator = torch.Generator().manual_seed(9)
+    gradients = [
+        {k: torch.randn(v.shape, generator=generator) for k, v in weights.items()}
+        for _ in range(tasks)
+    ]
+    samples = [1 + 7 * task for task in range(tasks)]
+    later = 2 * (tasks - 1)
+    start = threading.Barrier(later)
+    receipts: list[int] = []
+
+    def push(task: int, barrier: threading.Barrier | None) -> None:
+        order = _task(aggregator, "many", spec, 0)
+        order.task_index = task
+        if barrier is not None:
+            barrier.wait(timeout=30)
+        receipt = agent._push(link, order, gradients[task], samples[task], 1.0)  # noqa: SLF001
+        receipts.append(receipt.status)
+
+    # Execute: task 0 makes the round's sum; then the others race, one of them folding ahead
+    # in the lane while the rest are received whole and folded (or deferred) when accepted.
+    push(0, None)
+    push(0, None)
+    threads = [
+        threading.Thread(target=push, args=(1 + t % (tasks - 1), start)) for t in range(later)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    aggregator.stub.CloseRound(
+        aggregator_pb2.CloseRoundRequest(job_id="many", round=0, num_tasks=tasks), timeout=60
+    )
+    _, after = aggregator.core.job("many").snapshot(0)
+    # Assert: one ACCEPTED and one DUPLICATE per task, and SGD's first step moved the weights
+    # by learning_rate times the sample-weighted mean.
+    assert sorted(receipts) == sorted(
+        [aggregator_pb2.RECEIPT_STATUS_ACCEPTED, aggregator_pb2.RECEIPT_STATUS_DUPLICATE] * tasks
+    )
+    total = sum(samples)
+    for name, before in weights.items():
+        weighted = [g[name].double() * s for g, s in zip(gradients, samples, strict=True)]
+        mean = torch.stack(weighted).sum(dim=0) / total
+        assert torch.allclose((before - after[name]).double(), learning_rate * mean, atol=1e-5)

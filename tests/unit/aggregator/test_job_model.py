@@ -87,3 +87,65 @@ def test_only_the_latest_version_is_served() -> None:
 def test_settings_are_validated() -> None:
     with pytest.raises(InvalidSpec, match=r"tasks_per_round \(0\) must be >= 1"):
         settings_from_spec("mlp", "digits", [], "adam", 0.1, "mean", 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "tasks", "options", "fragment"),
+    [
+        ("krum", 4, None, r"'krum' with f=1 needs tasks_per_round >= 2f \+ 3 = 5, got 4"),
+        ("krum", 6, {"f": 2.0}, r"f=2 needs tasks_per_round >= 2f \+ 3 = 7, got 6"),
+        ("krum", 7, {"f": 2.0, "m": 6.0}, r"averages m=6 contributions, at most .* = 5"),
+        ("krum", 7, {"f": 2.5}, r"krum option f \(2.5\) must be an integer >= 0"),
+        ("trimmed_mean", 2, None, r"needs tasks_per_round >= 2f \+ 1 = 3, got 2"),
+        ("centered_clip", 3, {"tau": -1.0}, r"option tau \(-1\) must be a finite number > 0"),
+        ("median", 3, {"f": 1.0}, r"'median' does not take options"),
+        ("mean", 3, {"f": float("nan")}, r"aggregation option f \(nan\) must be finite"),
+        ("vote", 3, None, r"unknown aggregation rule 'vote'"),
+    ],
+)
+def test_rules_that_cannot_work_with_the_round_size_are_refused_when_the_job_opens(
+    aggregation: str, tasks: int, options: dict[str, float] | None, fragment: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=fragment):
+        settings_from_spec(
+            "mlp", "digits", [], "adam", 0.1, aggregation, tasks, 0, aggregation_options=options
+        )
+
+
+def test_valid_rule_options_reach_the_rule() -> None:
+    settings = settings_from_spec(
+        "mlp", "digits", [8], "sgd", 0.1, "krum", 7, 0, aggregation_options={"m": 3.0, "f": 2.0}
+    )
+    assert settings.aggregation_options == (("f", 2), ("m", 3))
+    job = JobModel("j", settings, Ledger())
+    assert (job._rule.f, job._rule.m) == (2, 3)  # type: ignore[attr-defined]  # noqa: SLF001
+
+
+def test_once_tasks_are_assigned_only_their_nodes_may_contribute() -> None:
+    # Prepare
+    job, ledger = _job(tasks=2)
+    metas = [TensorMeta(n, dt, s, "none", 0) for n, (dt, s) in job.parameter_metas.items()]
+
+    def from_node(node: str, task: int = 0) -> Contribution:
+        return Contribution("j", 0, task, node, 0, 1, 0.5)
+
+    # Execute / Assert: before any assignment, anyone may contribute.
+    assert job.check_header(from_node("x"), metas) is None
+    job.assign(0, 0, "a")
+    job.assign(0, 0, "b")  # the task was moved: both compute the same contribution
+    assert job.check_header(from_node("a"), metas) is None
+    assert job.check_header(from_node("b"), metas) is None
+    rejection = job.check_header(from_node("x"), metas)
+    assert rejection is not None and rejection.kind == "assignment"
+    assert "task 0 of round 0 was not assigned to node 'x'" in rejection.reason
+    other = job.check_header(from_node("a", task=1), metas)
+    assert other is not None and other.kind == "assignment"
+    assert ledger.entries() == []
+
+
+def test_the_zero_copy_registration_serves_every_method_of_the_service() -> None:
+    from services.aggregator.handlers import Aggregator
+    from services.aggregator.servicer import SERVICE, AggregatorServicer, aggregator_handlers
+
+    servicer = AggregatorServicer(Aggregator(max_payload_bytes=1))
+    assert set(aggregator_handlers(servicer)) == {m.name for m in SERVICE.methods}
