@@ -1,4 +1,11 @@
-"""The aggregator's request handling, between protos and the pure ``JobModel`` (no gRPC)."""
+"""The aggregator's request handling, between protos and the pure ``JobModel`` (no gRPC).
+
+``push`` is the data plane's receiving end: header checks, then the payload into a recycled
+buffer with per-chunk checks, then one exactly-once decision (``services.aggregator.ingest``
+describes the design). Every outcome is answered with its reason and counted by kind: a
+``PushReceipt`` for decisions about a well-formed contribution, a status code (with the same
+ledger entry and metric) for a stream that is too large or malformed.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +18,17 @@ from services.aggregator.metrics import (
     CONTRIBUTIONS,
     JOB_ACCURACY,
     JOB_LOSS,
+    MODEL_BYTES_SENT,
     MODEL_VERSION,
     ROUND_SECONDS,
 )
 from services.aggregator.models import Contribution, JobModel, Rejection, settings_from_spec
-from tessera.common.errors import InvalidSpec, NotFound
+from tessera.common.auth import ClusterKey
+from tessera.common.errors import InvalidSpec, NotFound, QuotaExceeded
+from tessera.common.grpc_auth import require_node
 from tessera.v1 import aggregator_pb2, common_pb2
-from tessera.wire.frames import encode_tensors, iter_chunks
-from tessera.wire.stream import assemble, chunks_after_header, metas_from_specs, specs_from_metas
+from tessera.wire.frames import CHUNK_BYTES, encode_tensors, iter_chunks
+from tessera.wire.stream import chunks_after_header, metas_from_specs, specs_from_metas
 
 __all__ = ["Aggregator"]
 
@@ -28,8 +38,9 @@ _RECEIPT = aggregator_pb2.ReceiptStatus
 class Aggregator:
     """All jobs held by this aggregator, and the ledger of every contribution."""
 
-    def __init__(self, *, max_payload_bytes: int) -> None:
+    def __init__(self, *, max_payload_bytes: int, cluster_key: ClusterKey | None = None) -> None:
         self.ledger = Ledger()
+        self._cluster_key = cluster_key
         self._max_payload_bytes = max_payload_bytes
         self._jobs: dict[str, JobModel] = {}
         self._lock = threading.Lock()
@@ -63,18 +74,33 @@ class Aggregator:
             spec.aggregation,
             spec.tasks_per_round,
             spec.seed,
+            aggregation_options=dict(spec.aggregation_options),
         )
-        job = JobModel(job_id, settings, self.ledger)
+        job = JobModel(job_id, settings, self.ledger, max_payload_bytes=self._max_payload_bytes)
         with self._lock:
             return self._jobs.setdefault(job_id, job).version
 
     def close_job(self, job_id: str) -> None:
         """Forget a job (its ledger entries stay)."""
         with self._lock:
-            self._jobs.pop(job_id, None)
+            job = self._jobs.pop(job_id, None)
+        if job is not None:
+            job.close()
 
-    def push(self, frames: Iterator[aggregator_pb2.GradientFrame]) -> aggregator_pb2.PushReceipt:
+    def assign(self, job_id: str, round_index: int, task: int, node_id: str) -> None:
+        """Record the scheduler's assignment of a task to a node (see ``JobModel.assign``).
+
+        Raises:
+            NotFound: no such job here.
+        """
+        self.job(job_id).assign(round_index, task, node_id)
+
+    def push(
+        self, frames: Iterator[aggregator_pb2.GradientFrame | memoryview]
+    ) -> aggregator_pb2.PushReceipt:
         """Receive one contribution stream and decide about it.
+
+        ``frames`` come from ``frame_parser``: chunk frames arrive as ``memoryview``s.
 
         Raises:
             InvalidSpec: the stream is malformed (no header first, bad table, wrong length).
@@ -82,9 +108,15 @@ class Aggregator:
             QuotaExceeded: the payload is larger than allowed.
         """
         first = next(frames, None)
-        if first is None or first.WhichOneof("frame") != "header":
+        if (
+            not isinstance(first, aggregator_pb2.GradientFrame)
+            or first.WhichOneof("frame") != "header"
+        ):
             raise InvalidSpec("a gradient stream starts with a ContributionHeader")
         h = first.header
+        require_node(h.node_id)
+        if self._cluster_key is not None:
+            self._cluster_key.check_ticket(h.ticket, h.job_id, h.round, h.task_index, h.node_id)
         job = self.job(h.job_id)
         metas = metas_from_specs(h.tensors)
         c = Contribution(
@@ -95,13 +127,23 @@ class Aggregator:
             return self._rejected(job.reject(c, rejection))
         if job.is_duplicate(c):
             return self._receipt(Decision.DUPLICATE, 0)
-        assembler = assemble(metas, chunks_after_header(frames), max_bytes=self._max_payload_bytes)
-        for meta in metas:
-            BYTES_RECEIVED.labels(meta.codec).inc(meta.byte_length)
-        decision, rejection = job.add(c, assembler.tensors())
+        try:
+            intake = job.intake(c, metas, max_bytes=self._max_payload_bytes)
+        except QuotaExceeded as exc:
+            self._count_rejection(job.reject(c, Rejection("too_large", str(exc))))
+            raise
+        try:
+            decision, rejection = job.receive(c, intake, chunks_after_header(frames))
+        except InvalidSpec as exc:
+            self._count_rejection(job.reject(c, Rejection("malformed", str(exc))))
+            raise
+        finally:
+            job.finish(intake)
+            for codec, count in intake.assembler.received_by_codec().items():
+                BYTES_RECEIVED.labels(codec).inc(count)
         if rejection is not None:
             return self._rejected(rejection)
-        return self._receipt(decision, assembler.received_bytes)
+        return self._receipt(decision, intake.assembler.received_bytes)
 
     @staticmethod
     def _receipt(decision: Decision, received: int) -> aggregator_pb2.PushReceipt:
@@ -114,8 +156,12 @@ class Aggregator:
         return aggregator_pb2.PushReceipt(status=status, bytes_received=received)
 
     @staticmethod
-    def _rejected(rejection: Rejection) -> aggregator_pb2.PushReceipt:
+    def _count_rejection(rejection: Rejection) -> None:
         CONTRIBUTIONS.labels(Decision.REJECTED.value, rejection.kind).inc()
+
+    @classmethod
+    def _rejected(cls, rejection: Rejection) -> aggregator_pb2.PushReceipt:
+        cls._count_rejection(rejection)
         return aggregator_pb2.PushReceipt(
             status=_RECEIPT.RECEIPT_STATUS_REJECTED, reason=rejection.reason
         )
@@ -128,8 +174,10 @@ class Aggregator:
             job_id=job_id, version=version, tensors=specs_from_metas(encoded.metas)
         )
         yield aggregator_pb2.ModelFrame(header=header)
-        for chunk in iter_chunks(encoded.payloads):
+        for chunk in iter_chunks(encoded.payloads, CHUNK_BYTES):
             yield aggregator_pb2.ModelFrame(chunk=chunk)
+            # Counted once handed to gRPC: a download cut short counts what was sent.
+            MODEL_BYTES_SENT.labels("none").inc(len(chunk))
 
     def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
         """Aggregate, step, evaluate; see ``JobModel.close_round``."""

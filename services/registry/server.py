@@ -10,14 +10,28 @@ from grpc_health.v1 import health
 from services.registry.config import RegistryConfig
 from services.registry.servicer import RegistryServicer
 from services.registry.store import EtcdNodeStore
+from tessera.common.auth import Role
 from tessera.common.etcd import KeySchema, connect
 from tessera.common.grpc_server import ServiceBinding, create_server, stop_server
-from tessera.common.service import run_until_signalled, setup_logging, start_metrics
+from tessera.common.service import (
+    auth_interceptor,
+    run_until_signalled,
+    setup_logging,
+    start_metrics,
+)
 from tessera.v1 import registry_pb2, registry_pb2_grpc
 
 __all__ = ["SERVICE_NAME", "create_registry_server", "serve"]
 
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
+
+# Who may call what (fail closed: an unlisted method is refused when authentication is on).
+AUTH_RULES = {
+    f"/{SERVICE_NAME}/Register": frozenset({Role.JOIN}),
+    f"/{SERVICE_NAME}/Heartbeat": frozenset({Role.NODE}),
+    f"/{SERVICE_NAME}/Deregister": frozenset({Role.NODE}),
+    f"/{SERVICE_NAME}/ListNodes": frozenset({Role.SUBMITTER, Role.SERVICE}),
+}
 
 
 def create_registry_server(
@@ -31,7 +45,12 @@ def create_registry_server(
         registry_pb2_grpc.add_RegistryServicer_to_server,
         RegistryServicer(store, config),
     )
-    return create_server([binding], address=config.common.address)
+    return create_server(
+        [binding],
+        address=config.common.address,
+        interceptors=[auth_interceptor(config.common, AUTH_RULES)],
+        credentials=config.common.server_credentials(),
+    )
 
 
 def serve(config: RegistryConfig) -> None:

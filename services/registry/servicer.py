@@ -11,6 +11,7 @@ from services.registry.admission import validate_profile
 from services.registry.config import RegistryConfig
 from services.registry.store import NodeStore
 from tessera.common.errors import InvalidSpec
+from tessera.common.grpc_auth import require_node
 from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 __all__ = ["RegistryServicer"]
@@ -19,6 +20,7 @@ __all__ = ["RegistryServicer"]
 def _require_node_id(node_id: str) -> str:
     if not node_id:
         raise InvalidSpec("node_id is required")
+    require_node(node_id)
     return node_id
 
 
@@ -37,10 +39,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             node_id=uuid.uuid4().hex[:16], profile=request.profile, registered_at=time.time()
         )
         self._store.add(node, self._config.lease_ttl)
+        key = self._config.common.cluster_key
         return registry_pb2.RegisterResponse(
             node_id=node.node_id,
             heartbeat_interval_seconds=self._config.heartbeat_interval,
             lease_ttl_seconds=self._config.lease_ttl,
+            node_secret=key.node_secret(node.node_id) if key is not None else b"",
         )
 
     def Heartbeat(  # noqa: D102, N802

@@ -6,6 +6,8 @@ import threading
 
 import grpc
 
+from tessera.common.channels import open_channel
+from tessera.common.client_auth import with_credentials
 from tessera.common.rpc import call_with_retry
 from tessera.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2
 
@@ -15,10 +17,18 @@ __all__ = ["AggregatorClient"]
 class AggregatorClient:
     """Opens jobs and closes rounds on one aggregator, retrying transient failures."""
 
-    def __init__(self, address: str, *, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        stop: threading.Event | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+    ) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(address)
-        self._stub = aggregator_pb2_grpc.AggregatorStub(self._channel)
+        self._channel = open_channel(address, credentials)
+        channel = with_credentials(self._channel, (lambda _method: token) if token else None)
+        self._stub = aggregator_pb2_grpc.AggregatorStub(channel)
         self._stop = stop or threading.Event()
 
     def open_job(self, job_id: str, spec: common_pb2.JobSpec) -> int:

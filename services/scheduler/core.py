@@ -12,7 +12,7 @@ from services.scheduler.dispatch import Dispatcher
 from services.scheduler.events import EventLog
 from services.scheduler.jobs import normalize_spec
 from services.scheduler.policies import POLICIES
-from services.scheduler.runner import AggregatorPort, JobRunner
+from services.scheduler.runner import AggregatorPort, JobRunner, TicketMinter
 from services.scheduler.store import JobStore, NodeView, PatientJobStore
 from tessera.common.errors import Conflict, InvalidSpec, NotFound, NotLeader, StoreUnavailable
 from tessera.common.retry import Backoff
@@ -36,7 +36,14 @@ def _copy(job: common_pb2.Job) -> common_pb2.Job:
 class SchedulerCore:
     """Owns the job runners, the node view and the dispatcher."""
 
-    def __init__(self, store: JobStore, nodes: NodeView, aggregator: AggregatorPort) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        nodes: NodeView,
+        aggregator: AggregatorPort,
+        *,
+        tickets: TicketMinter | None = None,
+    ) -> None:
         self._store = store
         self._stopping = threading.Event()
         # Runners outlive etcd outages; RPC handlers answer UNAVAILABLE at once instead.
@@ -49,6 +56,7 @@ class SchedulerCore:
         self._lock = threading.Lock()
         self._policies = frozenset(POLICIES)
         self._leading = False
+        self._tickets = tickets
 
     @property
     def leading(self) -> bool:
@@ -122,6 +130,7 @@ class SchedulerCore:
             dispatcher=self.dispatcher,
             live_nodes=self._nodes.nodes,
             events=EventLog(),
+            tickets=self._tickets,
         )
         with self._lock:
             self._runners[job.job_id] = runner

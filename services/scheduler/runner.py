@@ -29,7 +29,10 @@ from services.scheduler.store import JobStore
 from tessera.common.errors import NotLeader, TesseraError
 from tessera.v1 import common_pb2, scheduler_pb2
 
-__all__ = ["AggregatorPort", "JobRunner"]
+__all__ = ["AggregatorPort", "JobRunner", "TicketMinter"]
+
+# Mints the ticket that lets a node push one task's contribution: (job, round, task, node).
+TicketMinter = Callable[[str, int, int, str], str]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class JobRunner:
         dispatcher: Dispatcher,
         live_nodes: Callable[[], dict[str, common_pb2.Node]],
         events: EventLog,
+        tickets: TicketMinter | None = None,
     ) -> None:
         self.job = job
         self._store = store
@@ -72,6 +76,7 @@ class JobRunner:
         self._dispatcher = dispatcher
         self._live_nodes = live_nodes
         self.events = events
+        self._tickets = tickets
         self._cond = threading.Condition()
         self._round: RoundState | None = None
         self._assigned_at: dict[int, float] = {}
@@ -365,12 +370,16 @@ class JobRunner:
         records = []
         for index, node_id in placement.nodes_of_tasks.items():
             self._assigned_at[index] = now
-            self._dispatcher.send(node_id, self._task(state.round, index))
+            self._dispatcher.send(node_id, self._task(state.round, index, node_id))
             records.append((index, {"node": node_id, "state": TaskState.ASSIGNED.value}))
         self._store.save_tasks(self.job.job_id, state.round, records)
 
-    def _task(self, round_index: int, index: int) -> scheduler_pb2.Task:
+    def _task(self, round_index: int, index: int, node_id: str) -> scheduler_pb2.Task:
+        ticket = (
+            self._tickets(self.job.job_id, round_index, index, node_id) if self._tickets else ""
+        )
         return scheduler_pb2.Task(
+            ticket=ticket,
             job_id=self.job.job_id,
             round=round_index,
             task_index=index,

@@ -16,15 +16,32 @@ from services.scheduler.election import LeaderElection
 from services.scheduler.metrics import SchedulerCollector
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.store import EtcdJobStore, NodeView
+from tessera.common.auth import Role
 from tessera.common.errors import NotLeader
 from tessera.common.etcd import KeySchema, connect
 from tessera.common.grpc_server import ServiceBinding, create_server, stop_server
-from tessera.common.service import run_until_signalled, setup_logging, start_metrics
+from tessera.common.service import (
+    auth_interceptor,
+    run_until_signalled,
+    setup_logging,
+    start_metrics,
+)
 from tessera.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 __all__ = ["SERVICE_NAME", "RunningScheduler", "create_scheduler_server", "serve"]
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+
+_USERS = frozenset({Role.SUBMITTER, Role.SERVICE})
+# Who may call what (fail closed: an unlisted method is refused when authentication is on).
+AUTH_RULES = {
+    **{
+        f"/{SERVICE_NAME}/{name}": _USERS
+        for name in ("SubmitJob", "GetJob", "ListJobs", "WatchJob", "CancelJob", "GetMetrics")
+    },
+    f"/{SERVICE_NAME}/StreamTasks": frozenset({Role.NODE}),
+    f"/{SERVICE_NAME}/ReportTask": frozenset({Role.NODE}),
+}
 
 
 @dataclass
@@ -56,7 +73,13 @@ def create_scheduler_server(
     """
     client = etcd_client or connect(config.etcd)
     keys = KeySchema(config.etcd_prefix)
-    aggregator = AggregatorClient(config.aggregator)
+    key = config.common.cluster_key
+    service_token = key.mint(Role.SERVICE, "scheduler") if key is not None else None
+    aggregator = AggregatorClient(
+        config.aggregator,
+        credentials=config.common.channel_credentials(),
+        token=service_token,
+    )
     election: LeaderElection | None = None
 
     def fence() -> list[Any]:
@@ -65,13 +88,20 @@ def create_scheduler_server(
         return election.fence()
 
     core = SchedulerCore(
-        EtcdJobStore(client, keys, fence=fence), NodeView(client, keys), aggregator
+        EtcdJobStore(client, keys, fence=fence),
+        NodeView(client, keys),
+        aggregator,
+        tickets=key.mint_ticket if key is not None else None,
     )
     binding = ServiceBinding(
         SERVICE_NAME, scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(core)
     )
     server, port, health_servicer = create_server(
-        [binding], address=config.common.address, max_workers=config.max_workers
+        [binding],
+        address=config.common.address,
+        max_workers=config.max_workers,
+        interceptors=[auth_interceptor(config.common, AUTH_RULES)],
+        credentials=config.common.server_credentials(),
     )
     election = LeaderElection(
         client,

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from services.scheduler.core import SchedulerCore
+from tessera.common.grpc_auth import require_node
 from tessera.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 __all__ = ["SchedulerServicer"]
@@ -65,10 +66,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def StreamTasks(  # noqa: D102, N802
         self, request: scheduler_pb2.StreamTasksRequest, context: grpc.ServicerContext
     ) -> Iterator[scheduler_pb2.Task]:
+        require_node(request.node_id)
         stop = _stop_event(context, self._core.dispatcher.wake)
         return self._core.stream_tasks(request.node_id, stop)
 
     def ReportTask(  # noqa: D102, N802
         self, request: scheduler_pb2.ReportTaskRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.ReportTaskResponse:
+        require_node(request.node_id)
         return scheduler_pb2.ReportTaskResponse(accepted=self._core.report(request))

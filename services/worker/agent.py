@@ -7,7 +7,9 @@ import logging
 import os
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -18,30 +20,87 @@ from services.worker.benchmark import measure_throughput
 from services.worker.config import WorkerConfig
 from services.worker.heartbeat import HeartbeatSender
 from services.worker.trainer import Trainer
+from tessera.common.auth import NodeSigner
+from tessera.common.channels import open_channel
+from tessera.common.client_auth import TokenSource, with_credentials
 from tessera.common.errors import NotFound, TesseraError
 from tessera.common.retry import Backoff
 from tessera.common.rpc import call_with_retry, translate_rpc_errors
 from tessera.ml.datasets import load_dataset
 from tessera.v1 import (
     aggregator_pb2,
-    aggregator_pb2_grpc,
     common_pb2,
     registry_pb2,
     registry_pb2_grpc,
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
-from tessera.wire.frames import encode_tensors, iter_chunks
-from tessera.wire.stream import assemble, chunks_after_header, metas_from_specs, specs_from_metas
+from tessera.wire.codecs import ErrorFeedback, get_codec
+from tessera.wire.frames import CHUNK_BYTES, EncodedTensors, bytes_by_codec, encode_tensors
+from tessera.wire.stream import (
+    assemble,
+    chunk_frames,
+    chunks_after_header,
+    frame_parser,
+    metas_from_specs,
+    specs_from_metas,
+)
 
 __all__ = ["WorkerAgent"]
 
 log = logging.getLogger(__name__)
 
 TASKS = Counter("tessera_worker_tasks_total", "Tasks finished by this worker", ["outcome"])
-BYTES_SENT = Counter("tessera_worker_bytes_sent_total", "Gradient payload bytes sent", ["codec"])
+BYTES_SENT = Counter(
+    "tessera_worker_bytes_sent_total",
+    "Gradient payload bytes handed to gRPC, as encoded on the wire, by codec",
+    ["codec"],
+)
 
+# Largest model a worker accepts; the table is refused before anything is allocated.
 _MAX_MODEL_BYTES = 2 * 1024**3
+# Error-feedback residuals are kept for this many jobs (the most recently pushed to).
+_FEEDBACK_JOBS = 4
+# A push's deadline assumes at least this rate, so big gradients on slow links are not cut off.
+_MIN_BYTES_PER_SECOND = 1 << 20
+# A model's size is unknown until its header arrives; keepalives detect dead connections.
+_MODEL_DEADLINE_SECONDS = 600.0
+_SERVICE = aggregator_pb2.DESCRIPTOR.services_by_name["Aggregator"]
+
+
+@dataclass(frozen=True)
+class _AggregatorLink:
+    """One aggregator's channel and the calls a worker makes on it.
+
+    ``push`` sends already serialised ``GradientFrame``s (``chunk_frames`` writes each chunk's
+    frame in one copy) and ``get_model`` yields chunks as views of the received messages
+    (``frame_parser``): the generated stub would copy each chunk two more times.
+    """
+
+    push: grpc.StreamUnaryMultiCallable[bytes, aggregator_pb2.PushReceipt]
+    get_model: grpc.UnaryStreamMultiCallable[aggregator_pb2.GetModelRequest, Any]
+
+    @classmethod
+    def open(
+        cls,
+        address: str,
+        tls: grpc.ChannelCredentials | None = None,
+        credential: TokenSource | None = None,
+    ) -> _AggregatorLink:
+        channel = with_credentials(open_channel(address, tls), credential)
+        path = f"/{_SERVICE.full_name}/"
+        return cls(
+            push=channel.stream_unary(
+                path + "PushGradient",
+                request_serializer=None,
+                response_deserializer=aggregator_pb2.PushReceipt.FromString,
+            ),
+            get_model=channel.unary_stream(
+                path + "GetModel",
+                request_serializer=aggregator_pb2.GetModelRequest.SerializeToString,
+                response_deserializer=frame_parser(aggregator_pb2.ModelFrame.FromString),
+            ),
+        )
 
 
 def _memory_bytes() -> int:
@@ -57,15 +116,29 @@ class WorkerAgent:
     def __init__(self, config: WorkerConfig) -> None:
         self._config = config
         self._stop = threading.Event()
-        self._registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(config.registry))
-        self._scheduler = scheduler_pb2_grpc.SchedulerStub(grpc.insecure_channel(config.scheduler))
-        self._aggregators: dict[str, aggregator_pb2_grpc.AggregatorStub] = {}
+        self._signer: NodeSigner | None = None
+        tls = config.common.channel_credentials()
+        self._registry = registry_pb2_grpc.RegistryStub(
+            with_credentials(open_channel(config.registry, tls), self._credential)
+        )
+        self._scheduler = scheduler_pb2_grpc.SchedulerStub(
+            with_credentials(open_channel(config.scheduler, tls), self._credential)
+        )
+        self._aggregators: dict[str, _AggregatorLink] = {}
         self._trainer = Trainer(slowdown=config.slowdown)
+        self._feedback: OrderedDict[str, ErrorFeedback] = OrderedDict()
         self._call: Any = None
         self._lock = threading.Lock()
         self._running_tasks = 0
         self._completed_tasks = 0
         self.node_id = ""
+
+    def _credential(self, method: str) -> str | None:
+        """The join token to register; afterwards a fresh signed proof for every call."""
+        if method.endswith("/Register"):
+            return self._config.join_token or None
+        signer = self._signer
+        return signer.proof(method) if signer is not None else None
 
     def stop(self) -> None:
         """Stop taking tasks, deregister and return from ``run``."""
@@ -104,6 +177,9 @@ class WorkerAgent:
                 log.error("registration refused: %s", exc)
                 raise
             self.node_id = response.node_id
+            self._signer = (
+                NodeSigner(response.node_id, response.node_secret) if response.node_secret else None
+            )
             log.info("registered as node %s (%.0f samples/s)", self.node_id, profile.throughput)
             lost = threading.Event()
             heartbeat = HeartbeatSender(
@@ -163,13 +239,13 @@ class WorkerAgent:
             if backoff.wait(self._stop):
                 return
 
-    def _aggregator(self, address: str) -> aggregator_pb2_grpc.AggregatorStub:
-        stub = self._aggregators.get(address)
-        if stub is None:
-            channel = grpc.insecure_channel(address)
-            stub = aggregator_pb2_grpc.AggregatorStub(channel)
-            self._aggregators[address] = stub
-        return stub
+    def _aggregator(self, address: str) -> _AggregatorLink:
+        link = self._aggregators.get(address)
+        if link is None:
+            link = self._aggregators[address] = _AggregatorLink.open(
+                address, self._config.common.channel_credentials(), self._credential
+            )
+        return link
 
     def _run_task(self, task: scheduler_pb2.Task) -> None:
         with self._lock:
@@ -205,28 +281,50 @@ class WorkerAgent:
         self._report(task, outcome, message, seconds, samples)
 
     def _fetch_model(
-        self, aggregator: aggregator_pb2_grpc.AggregatorStub, task: scheduler_pb2.Task
+        self, aggregator: _AggregatorLink, task: scheduler_pb2.Task
     ) -> dict[str, torch.Tensor]:
         request = aggregator_pb2.GetModelRequest(job_id=task.job_id, version=task.model_version)
         with translate_rpc_errors():
-            frames = iter(aggregator.GetModel(request, timeout=60))
+            frames = iter(aggregator.get_model(request, timeout=_MODEL_DEADLINE_SECONDS))
             first = next(frames, None)
-            if first is None or first.WhichOneof("frame") != "header":
+            if first is None or isinstance(first, memoryview):
                 raise NotFound("model stream carried no header")
             metas = metas_from_specs(first.header.tensors)
             assembler = assemble(metas, chunks_after_header(frames), max_bytes=_MAX_MODEL_BYTES)
         return assembler.tensors()
 
+    def _feedback_for(self, job_id: str, codec: str) -> ErrorFeedback | None:
+        """The job's error-feedback residuals if its codec is lossy (kept for recent jobs)."""
+        if codec == "none":
+            return None
+        feedback = self._feedback.get(job_id)
+        if feedback is None:
+            feedback = self._feedback[job_id] = ErrorFeedback()
+            while len(self._feedback) > _FEEDBACK_JOBS:
+                self._feedback.popitem(last=False)
+        self._feedback.move_to_end(job_id)
+        return feedback
+
     def _push(
         self,
-        aggregator: aggregator_pb2_grpc.AggregatorStub,
+        aggregator: _AggregatorLink,
         task: scheduler_pb2.Task,
         gradient: dict[str, torch.Tensor],
         samples: int,
         loss: float,
     ) -> aggregator_pb2.PushReceipt:
+        """Encode the gradient with the job's codec and stream it; return the receipt.
+
+        With a lossy codec the gradient goes through the job's ``ErrorFeedback``: what the
+        codec drops is kept and added to the next round's gradient. The residual moves on
+        unless the aggregator certainly did not count the payload (a REJECTED receipt or a
+        failed push); then it is restored, since the task's gradient will be sent again (or
+        never counts) and must not also survive in the residual. A DUPLICATE means the task's
+        contribution was counted, this one's or an identical one's.
+        """
         codec = task.spec.codec or "none"
-        encoded = encode_tensors(gradient, codec)
+        feedback = self._feedback_for(task.job_id, codec)
+        encoded = encode_tensors(gradient, codec, feedback=feedback)
         header = aggregator_pb2.ContributionHeader(
             job_id=task.job_id,
             round=task.round,
@@ -236,17 +334,44 @@ class WorkerAgent:
             samples=samples,
             loss=loss,
             tensors=specs_from_metas(encoded.metas),
+            ticket=task.ticket,
         )
+        first = aggregator_pb2.GradientFrame(header=header).SerializeToString()
+        sent: list[int] = []  # payload bytes sent by each attempt
 
-        def frames() -> Iterator[aggregator_pb2.GradientFrame]:
-            yield aggregator_pb2.GradientFrame(header=header)
-            for chunk in iter_chunks(encoded.payloads):
-                yield aggregator_pb2.GradientFrame(chunk=chunk)
+        def frames() -> Iterator[bytes]:
+            sent.append(0)
+            yield first
+            for frame in chunk_frames(encoded.payloads, CHUNK_BYTES):
+                yield frame
+                # Runs when gRPC asks for the next frame, i.e. once this one has been sent.
+                sent[-1] += min(CHUNK_BYTES, encoded.total_bytes - sent[-1])
 
-        receipt: aggregator_pb2.PushReceipt = call_with_retry(
-            lambda: aggregator.PushGradient(frames(), timeout=120), stop=self._stop
-        )
-        BYTES_SENT.labels(codec).inc(encoded.total_bytes)
+        deadline = 60 + encoded.total_bytes / _MIN_BYTES_PER_SECOND
+
+        def attempt() -> aggregator_pb2.PushReceipt:
+            try:
+                receipt: aggregator_pb2.PushReceipt = aggregator.push(frames(), timeout=deadline)
+            except grpc.RpcError as exc:
+                # The aggregator's payload limit is final for this contribution: no retries.
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    with translate_rpc_errors():
+                        raise
+                raise
+            return receipt
+
+        try:
+            receipt = call_with_retry(attempt, stop=self._stop)
+        except TesseraError:
+            if feedback is not None:
+                _restore_residuals(feedback, encoded, gradient)
+            raise
+        finally:
+            for sent_bytes in sent:
+                for used, count in bytes_by_codec(encoded.metas, sent_bytes).items():
+                    BYTES_SENT.labels(used).inc(count)
+        if feedback is not None and receipt.status == aggregator_pb2.RECEIPT_STATUS_REJECTED:
+            _restore_residuals(feedback, encoded, gradient)
         return receipt
 
     def _report(
@@ -273,3 +398,18 @@ class WorkerAgent:
             )
         except TesseraError as exc:
             log.warning("report of task %s/%s dropped: %s", task.round, task.task_index, exc)
+
+
+def _restore_residuals(
+    feedback: ErrorFeedback, encoded: EncodedTensors, gradient: dict[str, torch.Tensor]
+) -> None:
+    """Undo ``feedback.compress`` for a push that did not count.
+
+    ``compress`` left ``e' = g + e - decode(payload)``, so ``e = e' + decode(payload) - g``.
+    """
+    for meta, payload in zip(encoded.metas, encoded.payloads, strict=True):
+        residual = feedback.residual(meta.name)
+        if meta.codec == "none" or residual is None:
+            continue
+        decoded = get_codec(meta.codec).decode(payload, meta.dtype, meta.shape)
+        residual.add_(decoded).sub_(gradient[meta.name])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from tessera.common.errors import InvalidSpec
 from tessera.common.service import CommonConfig, add_common_args
@@ -21,6 +22,8 @@ class WorkerConfig:
         scheduler: the scheduler's ``host:port``.
         torch_threads: intra-op threads for training (keep small on shared machines).
         slowdown: multiply compute time by this (>= 1) to emulate a slower machine in tests.
+        join_token: the operator-issued token that admits this node (``TESSERA_JOIN_TOKEN``
+            or ``--join-token-file``; never a plain flag, which would show in process lists).
     """
 
     common: CommonConfig
@@ -29,6 +32,7 @@ class WorkerConfig:
     torch_threads: int = 1
     slowdown: float = 1.0
     name: str = ""
+    join_token: str = ""
 
     def __post_init__(self) -> None:
         if self.torch_threads < 1:
@@ -48,7 +52,14 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--slowdown", type=float, default=1.0)
     parser.add_argument("--name", default=os.environ.get("TESSERA_WORKER_NAME", ""))
+    parser.add_argument("--join-token-file", default="", help="file holding the join token")
     args = parser.parse_args(argv)
+    join_token = os.environ.get("TESSERA_JOIN_TOKEN", "")
+    if args.join_token_file:
+        try:
+            join_token = Path(args.join_token_file).read_text().strip()
+        except OSError as exc:
+            raise InvalidSpec(f"cannot read the join token file: {exc.strerror}") from exc
     return WorkerConfig(
         common=CommonConfig.from_args(args),
         registry=args.registry,
@@ -56,4 +67,5 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
         torch_threads=args.torch_threads,
         slowdown=args.slowdown,
         name=args.name,
+        join_token=join_token,
     )

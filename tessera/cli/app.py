@@ -147,6 +147,9 @@ def up(
     metrics_port: Annotated[
         int, typer.Option(help="Prometheus port of the registry; the others follow (--serve)")
     ] = 9101,
+    token_file: Annotated[
+        Path | None, typer.Option(help="write the cluster's submitter token to this file")
+    ] = None,
 ) -> None:
     """Start etcd, the four services and N workers locally; run the demo job; shut down."""
     from tessera.cli.cluster import ClusterPorts, LocalCluster
@@ -169,8 +172,14 @@ def up(
                 f"{workers} workers (logs in {cluster.log_dir})",
                 highlight=False,
             )
+            if token_file is not None and cluster.token:
+                token_file.write_text(cluster.token + "\n")
+                token_file.chmod(0o600)
             with Client(
-                cluster.scheduler_address, registry=cluster.registry_address, retry=CLI_RETRY
+                cluster.scheduler_address,
+                registry=cluster.registry_address,
+                retry=CLI_RETRY,
+                token=cluster.token,
             ) as client:
                 if demo:
                     spec = DEMO_JOB.with_(min_nodes=workers, tasks_per_round=workers)
@@ -178,7 +187,12 @@ def up(
                     console.print(f"submitted demo job {handle.job_id}", highlight=False)
                     job = follow_job(client, handle.job_id, console, live=not json_output)
                 if serve:
-                    console.print("serving; press Ctrl-C to stop", highlight=False)
+                    console.print(
+                        "serving; press Ctrl-C to stop. Calls need the submitter token: "
+                        + (f"see {token_file}" if token_file else "use --token-file to save it")
+                        + ' (export TESSERA_TOKEN; grpcurl -H "authorization: Bearer $TOKEN")',
+                        highlight=False,
+                    )
                     _wait_for_interrupt()
         return job
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tessera.common.auth import ClusterKey, Role
 from tessera.common.errors import Unavailable
 from tessera.common.etcd.server import EtcdProcess
 
@@ -46,6 +47,7 @@ class _Proc:
     name: str
     process: subprocess.Popen[bytes]
     command: list[str]
+    env: dict[str, str]
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,6 +72,7 @@ class LocalCluster:
         log_level: str = "INFO",
         schedulers: int = 1,
         host: str = "127.0.0.1",
+        auth: bool = True,
     ) -> None:
         self.workers_wanted = workers
         self.ports = ports
@@ -82,6 +85,12 @@ class LocalCluster:
         # The services' bind address; tests that put workers in network namespaces use the
         # address of a veth they created.
         self.host = host
+        # A fresh cluster key per cluster: services authenticate every call, workers join with
+        # a join token, and ``token`` is the submitter token for this cluster's users.
+        self.cluster_key = ClusterKey.generate() if auth else None
+        self.token = (
+            self.cluster_key.mint(Role.SUBMITTER, "local") if self.cluster_key is not None else None
+        )
         self.etcd = EtcdProcess()
         self.services: dict[str, _Proc] = {}
         self.workers: list[_Proc] = []
@@ -132,9 +141,23 @@ class LocalCluster:
             str(self.ports.metrics_port(metrics_offset) if metrics_offset >= 0 else 0),
             *args,
         ]
-        return _Proc(name, self._popen(name, command, ready), command), ready
+        env = self._environment(worker=module.endswith("worker"))
+        return _Proc(name, self._popen(name, command, ready, env), command, env), ready
 
-    def _popen(self, name: str, command: list[str], ready: Path) -> subprocess.Popen[bytes]:
+    def _environment(self, *, worker: bool) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("TESSERA_CLUSTER_KEY", None)
+        env.pop("TESSERA_JOIN_TOKEN", None)
+        if self.cluster_key is not None:
+            if worker:
+                env["TESSERA_JOIN_TOKEN"] = self.cluster_key.mint(Role.JOIN, "local")
+            else:
+                env["TESSERA_CLUSTER_KEY"] = self.cluster_key.to_hex()
+        return env
+
+    def _popen(
+        self, name: str, command: list[str], ready: Path, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
         ready.unlink(missing_ok=True)
 
         def spawn() -> subprocess.Popen[bytes]:
@@ -144,7 +167,7 @@ class LocalCluster:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    env=env,
                     preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets PDEATHSIG
                 )
 
@@ -275,7 +298,7 @@ class LocalCluster:
             if proc.info.get(key):
                 command[command.index(flag) + 1] = str(proc.info[key])
         ready = self.log_dir / f"{name}.ready"
-        proc.process = self._popen(name, command, ready)
+        proc.process = self._popen(name, command, ready, proc.env)
         self._await_ready(proc, ready)
 
     def kill_worker(self, index: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -32,6 +33,32 @@ __all__ = ["AsyncClient"]
 R = TypeVar("R")
 
 
+def _with_token(details: Any, token: str) -> Any:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), ("authorization", f"Bearer {token}"))
+    return details._replace(metadata=metadata)
+
+
+# grpc.aio files each interceptor under the first call kind it implements, so one class per kind.
+class _UnaryBearer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Adds ``authorization: Bearer <token>`` to unary calls."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_token(details, self._token), request)
+
+
+class _StreamBearer(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    """Adds ``authorization: Bearer <token>`` to server-streaming calls."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_token(details, self._token), request)
+
+
 class AsyncClient:
     """Like ``Client``, with ``async`` methods and an async ``watch``; use ``async with``."""
 
@@ -43,10 +70,15 @@ class AsyncClient:
         aggregator: str | None = None,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe default
         timeout: float = 30.0,
+        token: str | None = None,
     ) -> None:
         self._addresses = (scheduler, registry, aggregator)
-        self._scheduler_channel = grpc.aio.insecure_channel(scheduler)
-        self._registry_channel = grpc.aio.insecure_channel(registry)
+        self._token = token or os.environ.get("TESSERA_TOKEN") or None
+        interceptors: Any = (
+            [_UnaryBearer(self._token), _StreamBearer(self._token)] if self._token else None
+        )
+        self._scheduler_channel = grpc.aio.insecure_channel(scheduler, interceptors=interceptors)
+        self._registry_channel = grpc.aio.insecure_channel(registry, interceptors=interceptors)
         self._scheduler: Any = scheduler_pb2_grpc.SchedulerStub(self._scheduler_channel)
         self._registry: Any = registry_pb2_grpc.RegistryStub(self._registry_channel)
         self._retry = retry
@@ -129,7 +161,9 @@ class AsyncClient:
         scheduler, registry, aggregator = self._addresses
 
         def download() -> ModelFile:
-            with Client(scheduler, registry=registry, aggregator=aggregator) as client:
+            with Client(
+                scheduler, registry=registry, aggregator=aggregator, token=self._token
+            ) as client:
                 return client.download_model(job_id, path)
 
         return await asyncio.to_thread(download)

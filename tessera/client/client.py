@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from tessera.client.jobs import JobConfig
 from tessera.client.models import ModelFile, write_model
 from tessera.client.types import EventKind, Job, JobEvent, Node, RoundMetrics
 from tessera.common.channels import open_channel
+from tessera.common.client_auth import with_credentials
 from tessera.common.errors import NotFound, Unavailable
 from tessera.common.retry import Backoff
 from tessera.common.rpc import call_with_retry, translate_rpc_errors
@@ -96,6 +98,9 @@ class Client:
             outside the cluster's network).
         retry: the retry policy.
         timeout: deadline of each unary call, in seconds.
+        token: a submitter token (default: ``TESSERA_TOKEN``), needed when the cluster
+            authenticates.
+        tls: TLS credentials (``grpc.ssl_channel_credentials(...)``) for a TLS cluster.
     """
 
     def __init__(
@@ -106,11 +111,20 @@ class Client:
         aggregator: str | None = None,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe default
         timeout: float = 30.0,
+        token: str | None = None,
+        tls: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self._scheduler_channel = open_channel(scheduler)
-        self._registry_channel = grpc.insecure_channel(registry)
-        self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._scheduler_channel)
-        self._registry = registry_pb2_grpc.RegistryStub(self._registry_channel)
+        token = token or os.environ.get("TESSERA_TOKEN") or None
+        self._credentials = (lambda _method: token) if token else None
+        self._tls = tls
+        self._scheduler_channel = open_channel(scheduler, tls)
+        self._registry_channel = open_channel(registry, tls)
+        self._scheduler = scheduler_pb2_grpc.SchedulerStub(
+            with_credentials(self._scheduler_channel, self._credentials)
+        )
+        self._registry = registry_pb2_grpc.RegistryStub(
+            with_credentials(self._registry_channel, self._credentials)
+        )
         self._aggregator_override = aggregator
         self._retry = retry
         self._timeout = timeout
@@ -228,8 +242,8 @@ class Client:
         address = self._aggregator_override or job.aggregator_address
         if not address:
             raise NotFound(f"job {job_id!r} has no aggregator address")
-        with grpc.insecure_channel(address) as channel:
-            stub = aggregator_pb2_grpc.AggregatorStub(channel)
+        with open_channel(address, self._tls) as channel:
+            stub = aggregator_pb2_grpc.AggregatorStub(with_credentials(channel, self._credentials))
             with translate_rpc_errors():
                 frames = stub.GetModel(
                     aggregator_pb2.GetModelRequest(job_id=job_id), timeout=self._timeout * 10

@@ -23,7 +23,13 @@ from prometheus_client import Counter, Histogram
 from tessera.common.errors import TesseraError
 from tessera.common.status import code_for
 
-__all__ = ["MAX_MESSAGE_BYTES", "ServiceBinding", "create_server", "stop_server"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "ServiceBinding",
+    "create_server",
+    "rewrap_handler",
+    "stop_server",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,8 @@ def create_server(
     max_workers: int = 32,
     max_concurrent_rpcs: int | None = None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    interceptors: Sequence[_ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Build, bind and start a server.
 
@@ -92,6 +100,9 @@ def create_server(
             bounds open task streams and watches together.
         max_concurrent_rpcs: beyond this, new RPCs get RESOURCE_EXHAUSTED (None = unbounded).
         max_message_bytes: receive and send limit per message.
+        interceptors: more interceptors (authentication), inside the error mapping so that
+            their domain errors become status codes too.
+        credentials: TLS credentials; None serves plaintext (loopback and tests).
 
     Returns:
         The started server, the bound port and its health servicer (all services SERVING).
@@ -101,7 +112,7 @@ def create_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[_ErrorAndMetricsInterceptor()],
+        interceptors=[_ErrorAndMetricsInterceptor(), *interceptors],
         options=_server_options(max_message_bytes),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
@@ -118,7 +129,11 @@ def create_server(
         ),
         server,
     )
-    port = server.add_insecure_port(address)
+    port = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     server.start()
@@ -133,6 +148,27 @@ def stop_server(server: grpc.Server, health_servicer: health.HealthServicer, gra
     server.stop(grace).wait()
 
 
+Behavior = Callable[..., Any]
+
+
+def rewrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    wrap_unary_response: Callable[[Behavior], Behavior],
+    wrap_stream_response: Callable[[Behavior], Behavior],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same handler with its behavior wrapped (by response kind), for interceptors."""
+    kinds = (
+        (handler.unary_unary, grpc.unary_unary_rpc_method_handler, wrap_unary_response),
+        (handler.stream_unary, grpc.stream_unary_rpc_method_handler, wrap_unary_response),
+        (handler.unary_stream, grpc.unary_stream_rpc_method_handler, wrap_stream_response),
+        (handler.stream_stream, grpc.stream_stream_rpc_method_handler, wrap_stream_response),
+    )
+    for behavior, make, wrap in kinds:
+        if behavior is not None:
+            return make(wrap(behavior), handler.request_deserializer, handler.response_serializer)
+    return handler
+
+
 class _ErrorAndMetricsInterceptor(_ServerInterceptor):
     """Maps ``TesseraError`` to status codes, hides unexpected errors, counts RPCs."""
 
@@ -145,34 +181,16 @@ class _ErrorAndMetricsInterceptor(_ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_stream is None:
-            return handler
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method),
-            handler.request_deserializer,
-            handler.response_serializer,
+        return rewrap_handler(
+            handler, lambda b: _wrap_unary(b, method), lambda b: _wrap_stream(b, method)
         )
 
 
 def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
+    if not context.is_active():
+        # The client went away (cancelled, deadline): whatever broke, nobody is listening.
+        RPCS.labels(method, grpc.StatusCode.CANCELLED.name).inc()
+        return
     if isinstance(exc, TesseraError):
         code = code_for(exc)
         message = str(exc)

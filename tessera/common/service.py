@@ -8,15 +8,21 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 from prometheus_client import start_http_server
+
+from tessera.common.auth import ClusterKey, RateLimiter, Role
+from tessera.common.grpc_auth import AuthInterceptor
+from tessera.common.tls import channel_credentials, server_credentials
 
 __all__ = [
     "CommonConfig",
+    "auth_interceptor",
     "add_common_args",
     "add_etcd_args",
     "run_until_signalled",
@@ -27,13 +33,23 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CommonConfig:
-    """Settings every service has; flags override ``TESSERA_*`` environment variables."""
+    """Settings every service has; flags override ``TESSERA_*`` environment variables.
+
+    ``cluster_key`` comes from ``TESSERA_CLUSTER_KEY`` only (never a flag: flags show in process
+    listings); without it authentication is off. ``tls_*`` name PEM files.
+    """
 
     host: str
     port: int
     metrics_port: int | None
     ready_file: Path | None
     log_level: str
+    cluster_key: ClusterKey | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_ca: Path | None = None
+    rate_limit: float = 200.0
 
     @property
     def address(self) -> str:
@@ -43,13 +59,33 @@ class CommonConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CommonConfig:
         """Build from the flags ``add_common_args`` added."""
+
+        def path(value: str) -> Path | None:
+            return Path(value) if value else None
+
         return cls(
             host=args.host,
             port=args.port,
             metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
-            ready_file=Path(args.ready_file) if args.ready_file else None,
+            ready_file=path(args.ready_file),
             log_level=args.log_level,
+            cluster_key=ClusterKey.from_env(),
+            tls_cert=path(args.tls_cert),
+            tls_key=path(args.tls_key),
+            tls_client_ca=path(args.tls_client_ca),
+            tls_ca=path(args.tls_ca),
+            rate_limit=args.rate_limit,
         )
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials for this service's server (None = plaintext)."""
+        return server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials for this process's calls to other services (None = plaintext)."""
+        if self.tls_ca is None:
+            return None
+        return channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
 
 
 def _env(name: str, default: str) -> str:
@@ -74,6 +110,22 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_port: int) -> No
         help="write a JSON line with the bound ports here once serving",
     )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    parser.add_argument("--tls-cert", default=_env("TLS_CERT", ""), help="PEM certificate")
+    parser.add_argument("--tls-key", default=_env("TLS_KEY", ""), help="PEM private key")
+    parser.add_argument(
+        "--tls-client-ca",
+        default=_env("TLS_CLIENT_CA", ""),
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    parser.add_argument(
+        "--tls-ca", default=_env("TLS_CA", ""), help="CA that signed the other services' certs"
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=float(_env("RATE_LIMIT", "200")),
+        help="requests per second per caller (RESOURCE_EXHAUSTED beyond)",
+    )
 
 
 def add_etcd_args(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +149,12 @@ def start_metrics(port: int | None) -> int | None:
     server, _thread = start_http_server(port, addr=_env("METRICS_HOST", "127.0.0.1"))
     bound: int = server.server_port
     return bound
+
+
+def auth_interceptor(config: CommonConfig, rules: Mapping[str, frozenset[Role]]) -> AuthInterceptor:
+    """The authentication interceptor for a service with these per-method rules."""
+    limiter = RateLimiter(config.rate_limit, burst=2 * config.rate_limit)
+    return AuthInterceptor(config.cluster_key, rules, limiter)
 
 
 def run_until_signalled(

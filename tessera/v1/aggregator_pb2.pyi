@@ -96,6 +96,7 @@ class ContributionHeader(_message.Message):
     SAMPLES_FIELD_NUMBER: _builtins.int
     LOSS_FIELD_NUMBER: _builtins.int
     TENSORS_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     task_index: _builtins.int
@@ -103,6 +104,8 @@ class ContributionHeader(_message.Message):
     base_version: _builtins.int
     samples: _builtins.int
     loss: _builtins.float
+    ticket: _builtins.str
+    """The task's ticket from the scheduler (see Task.ticket)."""
     @_builtins.property
     def tensors(self) -> _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorSpec]: ...
     def __init__(
@@ -116,10 +119,11 @@ class ContributionHeader(_message.Message):
         samples: _builtins.int = ...,
         loss: _builtins.float = ...,
         tensors: _abc.Iterable[_tensor_pb2.TensorSpec] | None = ...,
+        ticket: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "job_id", b"job_id", "loss", b"loss", "node_id", b"node_id", "round", b"round", "samples", b"samples", "task_index", b"task_index", "tensors", b"tensors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "job_id", b"job_id", "loss", b"loss", "node_id", b"node_id", "round", b"round", "samples", b"samples", "task_index", b"task_index", "tensors", b"tensors", "ticket", b"ticket"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tessera.v1 import common_pb2 as tessera_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tessera/v1/registry.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\";\n\x0fRegisterRequest\x12(\n\x07profile\x18\x01 \x01(\x0b\x32\x17.tessera.v1.NodeProfile\"b\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12\x19\n\x11lease_ttl_seconds\x18\x03 \x01(\x01\"G\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\"\n\x04load\x18\x02 \x01(\x0b\x32\x14.tessera.v1.NodeLoad\".\n\x11HeartbeatResponse\x12\x19\n\x11lease_ttl_seconds\x18\x01 \x01(\x01\"$\n\x11\x44\x65registerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"\x12\n\x10ListNodesRequest\"4\n\x11ListNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.tessera.v1.Node2\xb2\x02\n\x08Registry\x12\x45\n\x08Register\x12\x1b.tessera.v1.RegisterRequest\x1a\x1c.tessera.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.tessera.v1.HeartbeatRequest\x1a\x1d.tessera.v1.HeartbeatResponse\x12K\n\nDeregister\x12\x1d.tessera.v1.DeregisterRequest\x1a\x1e.tessera.v1.DeregisterResponse\x12H\n\tListNodes\x12\x1c.tessera.v1.ListNodesRequest\x1a\x1d.tessera.v1.ListNodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tessera/v1/registry.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\";\n\x0fRegisterRequest\x12(\n\x07profile\x18\x01 \x01(\x0b\x32\x17.tessera.v1.NodeProfile\"w\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12\x19\n\x11lease_ttl_seconds\x18\x03 \x01(\x01\x12\x13\n\x0bnode_secret\x18\x04 \x01(\x0c\"G\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\"\n\x04load\x18\x02 \x01(\x0b\x32\x14.tessera.v1.NodeLoad\".\n\x11HeartbeatResponse\x12\x19\n\x11lease_ttl_seconds\x18\x01 \x01(\x01\"$\n\x11\x44\x65registerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"\x12\n\x10ListNodesRequest\"4\n\x11ListNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.tessera.v1.Node2\xb2\x02\n\x08Registry\x12\x45\n\x08Register\x12\x1b.tessera.v1.RegisterRequest\x1a\x1c.tessera.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.tessera.v1.HeartbeatRequest\x1a\x1d.tessera.v1.HeartbeatResponse\x12K\n\nDeregister\x12\x1d.tessera.v1.DeregisterRequest\x1a\x1e.tessera.v1.DeregisterResponse\x12H\n\tListNodes\x12\x1c.tessera.v1.ListNodesRequest\x1a\x1d.tessera.v1.ListNodesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREQUEST']._serialized_start=66
   _globals['_REGISTERREQUEST']._serialized_end=125
   _globals['_REGISTERRESPONSE']._serialized_start=127
-  _globals['_REGISTERRESPONSE']._serialized_end=225
-  _globals['_HEARTBEATREQUEST']._serialized_start=227
-  _globals['_HEARTBEATREQUEST']._serialized_end=298
-  _globals['_HEARTBEATRESPONSE']._serialized_start=300
-  _globals['_HEARTBEATRESPONSE']._serialized_end=346
-  _globals['_DEREGISTERREQUEST']._serialized_start=348
-  _globals['_DEREGISTERREQUEST']._serialized_end=384
-  _globals['_DEREGISTERRESPONSE']._serialized_start=386
-  _globals['_DEREGISTERRESPONSE']._serialized_end=406
-  _globals['_LISTNODESREQUEST']._serialized_start=408
-  _globals['_LISTNODESREQUEST']._serialized_end=426
-  _globals['_LISTNODESRESPONSE']._serialized_start=428
-  _globals['_LISTNODESRESPONSE']._serialized_end=480
-  _globals['_REGISTRY']._serialized_start=483
-  _globals['_REGISTRY']._serialized_end=789
+  _globals['_REGISTERRESPONSE']._serialized_end=246
+  _globals['_HEARTBEATREQUEST']._serialized_start=248
+  _globals['_HEARTBEATREQUEST']._serialized_end=319
+  _globals['_HEARTBEATRESPONSE']._serialized_start=321
+  _globals['_HEARTBEATRESPONSE']._serialized_end=367
+  _globals['_DEREGISTERREQUEST']._serialized_start=369
+  _globals['_DEREGISTERREQUEST']._serialized_end=405
+  _globals['_DEREGISTERRESPONSE']._serialized_start=407
+  _globals['_DEREGISTERRESPONSE']._serialized_end=427
+  _globals['_LISTNODESREQUEST']._serialized_start=429
+  _globals['_LISTNODESREQUEST']._serialized_end=447
+  _globals['_LISTNODESRESPONSE']._serialized_start=449
+  _globals['_LISTNODESRESPONSE']._serialized_end=501
+  _globals['_REGISTRY']._serialized_start=504
+  _globals['_REGISTRY']._serialized_end=810
 # @@protoc_insertion_point(module_scope)

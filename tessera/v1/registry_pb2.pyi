@@ -46,20 +46,24 @@ class RegisterResponse(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     LEASE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    NODE_SECRET_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     heartbeat_interval_seconds: _builtins.float
     """Send a heartbeat at least this often; the lease expires after patience x interval."""
     lease_ttl_seconds: _builtins.float
+    node_secret: _builtins.bytes
+    """The node's secret for signing request proofs (empty when authentication is off)."""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         heartbeat_interval_seconds: _builtins.float = ...,
         lease_ttl_seconds: _builtins.float = ...,
+        node_secret: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "lease_ttl_seconds", b"lease_ttl_seconds", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "lease_ttl_seconds", b"lease_ttl_seconds", "node_id", b"node_id", "node_secret", b"node_secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

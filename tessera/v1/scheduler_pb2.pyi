@@ -310,6 +310,7 @@ class Task(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     AGGREGATOR_ADDRESS_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     task_index: _builtins.int
@@ -317,6 +318,8 @@ class Task(_message.Message):
     model_version: _builtins.int
     aggregator_address: _builtins.str
     """Where to fetch the model and push the contribution."""
+    ticket: _builtins.str
+    """Signed by the scheduler: lets this node push this task's contribution."""
     @_builtins.property
     def spec(self) -> _common_pb2.JobSpec: ...
     def __init__(
@@ -329,10 +332,11 @@ class Task(_message.Message):
         model_version: _builtins.int = ...,
         spec: _common_pb2.JobSpec | None = ...,
         aggregator_address: _builtins.str = ...,
+        ticket: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator_address", b"aggregator_address", "job_id", b"job_id", "model_version", b"model_version", "num_tasks", b"num_tasks", "round", b"round", "spec", b"spec", "task_index", b"task_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator_address", b"aggregator_address", "job_id", b"job_id", "model_version", b"model_version", "num_tasks", b"num_tasks", "round", b"round", "spec", b"spec", "task_index", b"task_index", "ticket", b"ticket"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

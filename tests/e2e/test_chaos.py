@@ -63,7 +63,9 @@ class Chaos:
 
 def test_random_worker_kills_lose_nothing_and_change_nothing(tmp_path: Path) -> None:
     with LocalCluster(workers=3, heartbeat_interval=0.5, patience=4, log_dir=tmp_path) as cluster:
-        with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+        with Client(
+            cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
+        ) as client:
             # Prepare: the undisturbed run.
             calm = client.submit(SPEC).wait()
             # Execute: the same job twice more under random SIGKILLs.

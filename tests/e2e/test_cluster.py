@@ -50,8 +50,12 @@ def test_tessera_up_trains_the_demo_to_the_target_and_leaves_no_process() -> Non
 
 def test_killed_worker_lease_expires_and_its_tasks_are_reassigned(cluster: LocalCluster) -> None:
     # Prepare
-    with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
-        spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=40)
+    with Client(
+        cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
+    ) as client:
+        spec = DEMO_JOB.with_(
+            min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=40, policy="round_robin"
+        )
         handle = client.submit(spec)
         events = client.watch(handle.job_id)
         killed = threading.Event()
@@ -78,7 +82,9 @@ def test_killed_worker_lease_expires_and_its_tasks_are_reassigned(cluster: Local
 
 def test_a_restarted_scheduler_carries_on_the_job_from_etcd(cluster: LocalCluster) -> None:
     # Prepare
-    with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+    with Client(
+        cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
+    ) as client:
         spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=30)
         handle = client.submit(spec)
         for event in handle.watch():
@@ -106,7 +112,9 @@ def _metric(cluster: LocalCluster, process: str, prefix: str) -> float:
 
 def test_an_etcd_restart_mid_job_loses_nothing(cluster: LocalCluster) -> None:
     # Prepare
-    with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+    with Client(
+        cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
+    ) as client:
         spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=25)
         handle = client.submit(spec)
         for event in handle.watch():
@@ -130,7 +138,9 @@ def test_a_standby_scheduler_takes_over_when_the_leader_dies(tmp_path: Path) -> 
     with LocalCluster(
         workers=3, heartbeat_interval=0.5, patience=4, log_dir=tmp_path, schedulers=2
     ) as cluster:
-        with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+        with Client(
+            cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
+        ) as client:
             spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=25)
             handle = client.submit(spec)
             for event in handle.watch():

@@ -100,7 +100,9 @@ def test_a_partitioned_worker_loses_its_tasks_within_the_lease_and_rejoins(
             rounds=40, min_nodes=3, tasks_per_round=3, batch_size=64, learning_rate=0.02,
             policy="round_robin",
         )  # fmt: skip
-        with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+        with Client(
+            cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
+        ) as client:
             job = client.submit(spec)
             events = job.watch()
             for event in events:

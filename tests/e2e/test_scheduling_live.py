@@ -36,7 +36,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def _median_round_seconds(cluster: LocalCluster, policy: str) -> float:
-    with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+    with Client(
+        cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
+    ) as client:
         job = client.submit(SPEC.with_(policy=policy, name=policy)).wait()
         assert job.state is JobState.SUCCEEDED, job.message
         rounds = client.metrics(job.job_id)

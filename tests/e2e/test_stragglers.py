@@ -29,7 +29,9 @@ def test_deadline_with_quorum_drops_the_straggler_and_rejects_its_late_push(
         quorum=0.75,
     )
     with LocalCluster(workers=4, worker_slowdowns=[1, 1, 1, 200], log_dir=tmp_path) as cluster:
-        with Client(cluster.scheduler_address, registry=cluster.registry_address) as client:
+        with Client(
+            cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
+        ) as client:
             # Execute
             job = client.submit(spec)
             dropped = [e.message for e in job.watch() if e.kind is EventKind.TASKS_DROPPED]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ from tessera.common.etcd.server import free_port
 from tessera.v1 import registry_pb2, registry_pb2_grpc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+TOKEN_FILE = Path(tempfile.mkdtemp(prefix="tessera-test-")) / "token"
 
 
 @dataclass
@@ -65,6 +69,8 @@ def served() -> Iterator[Served]:
             str(ports[2]),
             "--metrics-port",
             str(metrics),
+            "--token-file",
+            str(TOKEN_FILE),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -72,8 +78,17 @@ def served() -> Iterator[Served]:
     )
     cluster = Served(ports[0], ports[1], ports[2], metrics, process)
     registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(f"127.0.0.1:{ports[0]}"))
+    _wait(TOKEN_FILE.exists, 120, "the token file")
+    metadata = (("authorization", f"Bearer {_token()}"),)
     _wait(
-        lambda: len(registry.ListNodes(registry_pb2.ListNodesRequest(), timeout=2).nodes) == 3,
+        lambda: (
+            len(
+                registry.ListNodes(
+                    registry_pb2.ListNodesRequest(), timeout=2, metadata=metadata
+                ).nodes
+            )
+            == 3
+        ),
         120,
         "three workers",
     )
@@ -83,11 +98,22 @@ def served() -> Iterator[Served]:
     assert process.returncode == 0, out[-2000:]
 
 
-def _grpcurl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _grpcurl(
+    *args: str, check: bool = True, token: bool = True
+) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("grpcurl") or str(Path(sysconfig.get_path("scripts")) / "grpcurl")
+    header = ["-H", f"authorization: Bearer {_token()}"] if token else []
     return subprocess.run(
-        [binary, "-plaintext", *args], capture_output=True, text=True, timeout=120, check=check
+        [binary, "-plaintext", *header, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
     )
+
+
+def _token() -> str:
+    return TOKEN_FILE.read_text().strip()
 
 
 def test_grpcurl_lists_and_describes_every_service(served: Served) -> None:
@@ -155,6 +181,11 @@ def test_grpcurl_bad_input_gets_a_named_error(served: Served) -> None:
         "-d", json.dumps({"jobId": "nope"}), address, "tessera.v1.Scheduler/GetJob", check=False
     )
     assert "NotFound" in missing.stderr and "job 'nope' not found" in missing.stderr
+    anonymous = _grpcurl(
+        "-d", "{}", address, "tessera.v1.Scheduler/ListJobs", check=False, token=False
+    )
+    assert "Unauthenticated" in anonymous.stderr
+    assert "needs credentials (authorization: Bearer <token>)" in anonymous.stderr
 
 
 def _scrape(port: int) -> str:
@@ -230,6 +261,7 @@ def _tessera(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=180,
         check=False,
+        env={**os.environ, "TESSERA_TOKEN": _token()},
     )
 
 
@@ -296,6 +328,7 @@ def test_documented_examples_run(served: Served, example: str) -> None:
         text=True,
         timeout=180,
         check=False,
+        env={**os.environ, "TESSERA_TOKEN": _token()},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     if example == "sdk_quickstart.py":

@@ -1,0 +1,354 @@
+"""Every RPC of the registry, scheduler and aggregator under malformed and random input.
+
+A small, derandomised hypothesis budget per RPC against real servers on 127.0.0.1 and the
+session etcd: every answer must be one of ``ALLOWED_CODES`` (never INTERNAL, UNKNOWN or
+UNAVAILABLE), no service may log an unexpected error, and every server must still pass its
+health check afterwards. ``bench/fuzz.py`` runs the same targets with a budget of thousands
+against services in their own processes.
+
+The tests after the fuzz targets replay the minimal examples of what the fuzzer found.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from prometheus_client import REGISTRY
+
+from services.aggregator.config import AggregatorConfig
+from services.aggregator.server import create_aggregator_server
+from services.registry.config import RegistryConfig
+from services.registry.server import create_registry_server
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.server import create_scheduler_server
+from tessera.common.service import CommonConfig
+from tessera.v1 import aggregator_pb2, common_pb2
+from tests.fuzz.strategies import (
+    ALLOWED_CODES,
+    CLIENT_OPTIONS,
+    SERVICES,
+    Frame,
+    FuzzContext,
+    Known,
+    Limits,
+    Many,
+    ModelTable,
+    Outcome,
+    Payload,
+    PushPlan,
+    Stall,
+    StreamRead,
+    Undecodable,
+    describe,
+    health_status,
+    targets,
+)
+
+LOOPBACK = CommonConfig(
+    host="127.0.0.1", port=0, metrics_port=None, ready_file=None, log_level="INFO"
+)
+# CI keeps generated values small enough to stay quick; bench/fuzz.py uses the full limits.
+CI_LIMITS = Limits(max_text=20_000, max_bytes=64 << 10, max_repeat=300, max_layers=50)
+TARGETS = targets(CI_LIMITS)
+# The undecodable targets are replayed below with their minimal example, for every method.
+FUZZED = sorted(name for name in TARGETS if not name.endswith("/undecodable"))
+STREAMS = {"GetModel", "WatchJob", "StreamTasks", "PushGradient"}
+EXAMPLES = 25
+# Streams often run to their (short) deadline; fewer examples keep the file within budget.
+STREAM_EXAMPLES = 12
+PUSH = "/tessera.v1.Aggregator/PushGradient"
+# One past the largest gRPC request etcd accepts (its request limit plus its gRPC margin).
+ETCD_OVERSIZED = 2_097_152
+
+
+class _ErrorLog(logging.Handler):
+    """Collects ERROR records of the services (an interceptor's "unexpected error", a crash)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith(("services", "tessera")):
+            self.records.append(record)
+
+
+@dataclass
+class FuzzCluster:
+    context: FuzzContext
+    channels: dict[str, grpc.Channel]
+    errors: _ErrorLog
+    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def fuzz_cluster(etcd_server: Any) -> Iterator[FuzzCluster]:
+    prefix = f"/fuzz-{uuid.uuid4().hex[:10]}"
+    errors = _ErrorLog()
+    logging.getLogger().addHandler(errors)
+    registry, registry_port, _ = create_registry_server(
+        RegistryConfig(
+            common=LOOPBACK,
+            etcd=etcd_server.endpoint,
+            etcd_prefix=prefix,
+            heartbeat_interval=1.0,
+            patience=5,
+        )
+    )
+    aggregator, aggregator_port, _, _core = create_aggregator_server(
+        AggregatorConfig(common=LOOPBACK)
+    )
+    scheduler = create_scheduler_server(
+        SchedulerConfig(
+            common=LOOPBACK,
+            etcd=etcd_server.endpoint,
+            etcd_prefix=prefix,
+            aggregator=f"127.0.0.1:{aggregator_port}",
+            max_workers=32,
+        )
+    )
+    ports = {"registry": registry_port, "scheduler": scheduler.port, "aggregator": aggregator_port}
+    channels = {
+        name: grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS)
+        for name, port in ports.items()
+    }
+    context = FuzzContext(channels, heartbeat_interval=1.0).start()
+    try:
+        yield FuzzCluster(context, channels, errors)
+    finally:
+        context.close()
+        for channel in channels.values():
+            channel.close()
+        scheduler.stop(grace=0)
+        aggregator.stop(0).wait()
+        registry.stop(0).wait()
+        logging.getLogger().removeHandler(errors)
+
+
+@pytest.mark.parametrize("name", FUZZED)
+def test_rpc_answers_only_expected_statuses(fuzz_cluster: FuzzCluster, name: str) -> None:
+    target = TARGETS[name]
+
+    @settings(
+        max_examples=STREAM_EXAMPLES if name.split("/")[1] in STREAMS else EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=target.cases)
+    def answers_with_an_expected_status(case: Any) -> None:
+        outcome = target.run(fuzz_cluster.context, case)
+        fuzz_cluster.outcomes.append((name, outcome))
+        assert outcome.code in ALLOWED_CODES, (
+            f"{name} answered {outcome.code} ({outcome.details}) to {describe(case)}"
+        )
+
+    fuzz_cluster.context.refresh()
+    answers_with_an_expected_status()
+    assert health_status(fuzz_cluster.channels[target.service]) == "SERVING"
+
+
+def test_fuzzing_reached_past_validation(fuzz_cluster: FuzzCluster) -> None:
+    # Guards the strategies themselves: a fuzzer that only ever meets the first check of
+    # each RPC tests nothing behind it.
+    codes = {(name, o.code) for name, o in fuzz_cluster.outcomes}
+    for name in ("Registry/Register", "Scheduler/SubmitJob", "Scheduler/ReportTask"):
+        assert (name, "OK") in codes
+    receipts = {o.details for name, o in fuzz_cluster.outcomes if name.endswith("PushGradient")}
+    assert any(r.startswith("RECEIPT_STATUS_") for r in receipts)
+    assert len(fuzz_cluster.outcomes) >= len(FUZZED) * STREAM_EXAMPLES
+
+
+def test_no_service_logged_an_unexpected_error(fuzz_cluster: FuzzCluster) -> None:
+    messages = [r.getMessage() for r in fuzz_cluster.errors.records]
+    assert messages == []
+
+
+def test_every_server_still_serves(fuzz_cluster: FuzzCluster) -> None:
+    assert {name: health_status(ch) for name, ch in fuzz_cluster.channels.items()} == {
+        "registry": "SERVING",
+        "scheduler": "SERVING",
+        "aggregator": "SERVING",
+    }
+
+
+# -- minimal examples of what the fuzzer found ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "service,method",
+    [(key, m.name) for key, desc in SERVICES.items() for m in desc.methods],
+)
+def test_undecodable_request_is_invalid_argument(
+    fuzz_cluster: FuzzCluster, service: str, method: str
+) -> None:
+    # b"\x00" is a tag for field 0, which protobuf refuses: gRPC's own deserialisation error
+    # happens before any interceptor and is answered INTERNAL.
+    target = TARGETS[f"{SERVICES[service].name}/undecodable"]
+    outcome = target.run(fuzz_cluster.context, Undecodable(method, b"\x00"))
+    assert outcome.code == "INVALID_ARGUMENT", outcome
+
+
+@pytest.mark.parametrize(
+    "name,case",
+    [
+        ("Registry/Heartbeat", {"node_id": Many("x", ETCD_OVERSIZED)}),
+        ("Registry/Deregister", {"node_id": Many("x", ETCD_OVERSIZED)}),
+        ("Scheduler/GetJob", {"job_id": Many("x", ETCD_OVERSIZED)}),
+        ("Scheduler/CancelJob", {"job_id": Many("x", ETCD_OVERSIZED)}),
+        ("Scheduler/GetMetrics", {"job_id": Many("x", ETCD_OVERSIZED)}),
+        ("Scheduler/ReportTask", {"job_id": Many("x", ETCD_OVERSIZED)}),
+        ("Scheduler/WatchJob", StreamRead({"job_id": Many("x", ETCD_OVERSIZED)}, 10.0, None)),
+        ("Scheduler/StreamTasks", StreamRead({"node_id": Many("x", ETCD_OVERSIZED)}, 10.0, None)),
+    ],
+)
+def test_oversized_id_is_the_callers_fault(fuzz_cluster: FuzzCluster, name: str, case: Any) -> None:
+    # A 2 MiB id overflows etcd's request limit; the answer must blame the request, not report
+    # the store as unavailable (which clients retry), and must not echo the id back whole.
+    outcome = TARGETS[name].run(fuzz_cluster.context, case)
+    assert outcome.code in ALLOWED_CODES, outcome
+    assert len(outcome.details) < 1000
+
+
+def _server_counts(method: str) -> Counter[str]:
+    """The interceptor's count of answered calls of ``method`` by code, and of handled calls."""
+    out: Counter[str] = Counter()
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.labels.get("method") != method:
+                continue
+            if sample.name == "tessera_rpcs_total":
+                out[sample.labels["code"]] += int(sample.value)
+            elif sample.name == "tessera_rpc_seconds_count":
+                out["handled"] += int(sample.value)
+    return out
+
+
+# A contribution to round 0 of the job ``fresh_job`` opens, missing only its task index.
+_HEADER = {
+    "job_id": "cut-streams",
+    "round": 0,
+    "node_id": "cut-stream",
+    "base_version": 0,
+    "samples": 1,
+    "tensors": ModelTable(),
+}
+
+
+@pytest.fixture(scope="module")
+def fresh_job(fuzz_cluster: FuzzCluster) -> str:
+    spec = common_pb2.JobSpec(
+        model="mlp", dataset="digits", tasks_per_round=64, learning_rate=0.1, optimizer="sgd"
+    )
+    request = aggregator_pb2.OpenJobRequest(job_id=str(_HEADER["job_id"]), spec=spec)
+    fuzz_cluster.context.call("aggregator", "OpenJob", request)
+    return request.job_id
+
+
+@pytest.mark.parametrize(
+    "plan,client_sees,server_may_count",
+    [
+        # The client stops sending after the header; its deadline ends the call.
+        (
+            PushPlan((Frame({"header": {**_HEADER, "task_index": 60}}), Stall()), 0.3),
+            "DEADLINE_EXCEEDED",
+            {"DEADLINE_EXCEEDED", "CANCELLED"},
+        ),
+        # Half the payload, then silence.
+        (
+            PushPlan(
+                (
+                    Frame({"header": {**_HEADER, "task_index": 61}}),
+                    Payload("short", b"\x00", 4096, fraction=0.5),
+                    Stall(),
+                ),
+                0.3,
+            ),
+            "DEADLINE_EXCEEDED",
+            {"DEADLINE_EXCEEDED", "CANCELLED"},
+        ),
+        # A frame over the server's message limit after a valid header.
+        (
+            PushPlan(
+                (
+                    Frame({"header": {**_HEADER, "task_index": 62}}),
+                    Frame({"chunk": Many(b"\x00", (4 << 20) + 1)}),
+                ),
+                10.0,
+            ),
+            "RESOURCE_EXHAUSTED",
+            {"RESOURCE_EXHAUSTED", "CANCELLED"},
+        ),
+    ],
+)
+def test_cut_gradient_stream_is_counted_as_cut(
+    fuzz_cluster: FuzzCluster,
+    fresh_job: str,
+    plan: PushPlan,
+    client_sees: str,
+    server_may_count: set[str],
+) -> None:
+    # The client gets the right status, but the server's handler meets either a grpc.RpcError
+    # from the request iterator (logged as unexpected, counted INTERNAL) or an iterator that
+    # simply ends (counted INVALID_ARGUMENT and ledgered as a malformed contribution),
+    # whichever side of a race in gRPC it lands on.
+    before = _server_counts(PUSH)
+    logged = len(fuzz_cluster.errors.records)
+    outcome = TARGETS["Aggregator/PushGradient"].run(fuzz_cluster.context, plan)
+    assert outcome.code == client_sees, outcome
+    deadline = time.monotonic() + 10
+    while _server_counts(PUSH)["handled"] <= before["handled"]:
+        assert time.monotonic() < deadline, "the server's handler did not finish"
+        time.sleep(0.01)
+    counted = _server_counts(PUSH) - before
+    del counted["handled"]
+    new_errors = [r.getMessage() for r in fuzz_cluster.errors.records[logged:]]
+    del fuzz_cluster.errors.records[logged:]
+    assert (set(counted) - server_may_count, new_errors) == (set(), [])
+
+
+def test_model_depth_is_bounded(fuzz_cluster: FuzzCluster) -> None:
+    # Each hidden size is checked but not their number: 10,000 layers of width 1 pass every
+    # check, and the aggregator spends seconds and hundreds of MB building the model (100,000
+    # layers: 17 s and 0.9 GB; the 4 MiB message limit allows about 2,000,000).
+    spec = {
+        "model": "mlp",
+        "dataset": "digits",
+        "tasks_per_round": 1,
+        "learning_rate": 0.1,
+        "optimizer": "sgd",
+        "hidden_sizes": Many(1, 10_000),
+    }
+    started = time.monotonic()
+    outcome = TARGETS["Aggregator/OpenJob"].run(
+        fuzz_cluster.context, {"job_id": "deep", "spec": spec}
+    )
+    assert (outcome.code, time.monotonic() - started < 1.0) == ("INVALID_ARGUMENT", True)
+
+
+def test_rejected_contributions_do_not_pin_memory(fuzz_cluster: FuzzCluster) -> None:
+    # Every ledger entry keeps the node id it was given, and the ledger keeps every rejection:
+    # stale contributions from a node claiming a 1 MiB id cost the aggregator 1 MiB each.
+    def rss() -> int:
+        with open("/proc/self/status") as handle:
+            line = next(x for x in handle if x.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
+    push = TARGETS["Aggregator/PushGradient"].run
+    before = rss()
+    for i in range(100):
+        header = {**_HEADER, "job_id": Known("job", 0), "round": 10**6, "base_version": 10**6}
+        header["node_id"] = Many("n", (1 << 20) + i)
+        outcome = push(fuzz_cluster.context, PushPlan((Frame({"header": header}),), 10.0))
+        assert outcome.code in ALLOWED_CODES
+    assert rss() - before < 40 << 20
