@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from tessera.common.errors import InvalidSpec
 from tessera.common.service import CommonConfig, add_common_args
@@ -20,11 +22,14 @@ class AggregatorConfig:
     Attributes:
         max_payload_bytes: largest contribution accepted (RESOURCE_EXHAUSTED beyond).
         torch_threads: intra-op threads for aggregation and evaluation.
+        checkpoint_dir: where each round's checkpoint goes (None = no checkpoints); a restarted
+            aggregator carries its jobs on from here.
     """
 
     common: CommonConfig
     max_payload_bytes: int = 2 * 1024**3
     torch_threads: int = 1
+    checkpoint_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.max_payload_bytes < 1:
@@ -39,9 +44,11 @@ def parse_args(argv: list[str] | None = None) -> AggregatorConfig:
     add_common_args(parser, default_port=DEFAULT_PORT)
     parser.add_argument("--max-payload-bytes", type=int, default=2 * 1024**3)
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--checkpoint-dir", default=os.environ.get("TESSERA_CHECKPOINT_DIR", ""))
     args = parser.parse_args(argv)
     return AggregatorConfig(
         common=CommonConfig.from_args(args),
         max_payload_bytes=args.max_payload_bytes,
         torch_threads=args.torch_threads,
+        checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
     )

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+from google.protobuf import json_format
+
+from services.aggregator.checkpoint import load_checkpoint
 from services.aggregator.ledger import Decision, Ledger
 from services.aggregator.metrics import (
     BYTES_RECEIVED,
@@ -38,9 +42,16 @@ _RECEIPT = aggregator_pb2.ReceiptStatus
 class Aggregator:
     """All jobs held by this aggregator, and the ledger of every contribution."""
 
-    def __init__(self, *, max_payload_bytes: int, cluster_key: ClusterKey | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_payload_bytes: int,
+        cluster_key: ClusterKey | None = None,
+        checkpoints: Path | None = None,
+    ) -> None:
         self.ledger = Ledger()
         self._cluster_key = cluster_key
+        self._checkpoints = checkpoints
         self._max_payload_bytes = max_payload_bytes
         self._jobs: dict[str, JobModel] = {}
         self._lock = threading.Lock()
@@ -53,6 +64,14 @@ class Aggregator:
         """
         with self._lock:
             job = self._jobs.get(job_id)
+        if job is None and self._checkpoints is not None and job_id:
+            # After a restart, jobs come back from their checkpoints on first use.
+            checkpoint = load_checkpoint(self._checkpoints, job_id)
+            if checkpoint is not None:
+                spec = json_format.ParseDict(checkpoint.spec, common_pb2.JobSpec())
+                self.open_job(job_id, spec)
+                with self._lock:
+                    job = self._jobs.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} is not open on this aggregator")
         return job
@@ -76,7 +95,18 @@ class Aggregator:
             spec.seed,
             aggregation_options=dict(spec.aggregation_options),
         )
-        job = JobModel(job_id, settings, self.ledger, max_payload_bytes=self._max_payload_bytes)
+        job = JobModel(
+            job_id,
+            settings,
+            self.ledger,
+            max_payload_bytes=self._max_payload_bytes,
+            checkpoints=self._checkpoints,
+            spec=json_format.MessageToDict(spec),
+        )
+        if self._checkpoints is not None:
+            checkpoint = load_checkpoint(self._checkpoints, job_id)
+            if checkpoint is not None:
+                job.restore(checkpoint)
         with self._lock:
             return self._jobs.setdefault(job_id, job).version
 

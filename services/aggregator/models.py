@@ -13,14 +13,18 @@ must be valid and must fit ``tasks_per_round`` (Krum, Blanchard et al. 2017, nee
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from services.aggregator.checkpoint import Checkpoint, save_checkpoint
 from services.aggregator.ingest import BufferPool, Intake, RoundMean
 from services.aggregator.ledger import Decision, Ledger
 from services.aggregator.rules import AggregationRule, Krum, TrimmedMean, get_rule
@@ -122,8 +126,12 @@ class JobModel:
         *,
         pool_capacity: int = 2,
         max_payload_bytes: int | None = None,
+        checkpoints: Path | None = None,
+        spec: dict[str, Any] | None = None,
     ) -> None:
         self.job_id = job_id
+        self._checkpoints = checkpoints
+        self._spec = spec or {}
         self.settings = settings
         self._ledger = ledger
         self._lock = threading.Lock()
@@ -372,8 +380,36 @@ class JobModel:
             self._round_started = now
             self._results[round_index] = result
             self._reset_round()
+            if self._checkpoints is not None:
+                self._save_checkpoint(self._checkpoints)
             self._assignments = {k: v for k, v in self._assignments.items() if k[0] >= self.version}
             return result
+
+    def _save_checkpoint(self, directory: Path) -> None:
+        """Write model, optimizer, version, results and ledger (caller holds the lock)."""
+        save_checkpoint(
+            directory,
+            self.job_id,
+            Checkpoint(
+                version=self.version,
+                spec=self._spec,
+                model=self._snapshot,
+                optimizer=self._optimizer.state_dict(),
+                results=[dataclasses.asdict(r) for r in self._results.values()],
+                ledger=self._ledger.entries(self.job_id),
+            ),
+        )
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Carry on from a checkpoint: its model, optimizer state, version, results, ledger."""
+        with self._lock:
+            self._model.load_state_dict(checkpoint.model)
+            self._optimizer.load_state_dict(checkpoint.optimizer)
+            self.version = checkpoint.version
+            self._snapshot = self._take_snapshot()
+            self._results = {int(r["round"]): RoundResult(**r) for r in checkpoint.results}
+            self._ledger.restore(checkpoint.ledger)
+            self._reset_round()
 
     def close(self) -> None:
         """Free the job's idle receive buffers."""

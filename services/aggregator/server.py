@@ -38,7 +38,9 @@ def create_aggregator_server(
 ) -> tuple[grpc.Server, int, health.HealthServicer, Aggregator]:
     """Start an aggregator server; return it with its bound port and its core."""
     aggregator = Aggregator(
-        max_payload_bytes=config.max_payload_bytes, cluster_key=config.common.cluster_key
+        max_payload_bytes=config.max_payload_bytes,
+        cluster_key=config.common.cluster_key,
+        checkpoints=config.checkpoint_dir,
     )
     binding = ServiceBinding(
         SERVICE_NAME,

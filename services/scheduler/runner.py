@@ -26,7 +26,7 @@ from services.scheduler.planner import (
 )
 from services.scheduler.rounds import RoundState, TaskState
 from services.scheduler.store import JobStore
-from tessera.common.errors import NotLeader, TesseraError
+from tessera.common.errors import Conflict, NotFound, NotLeader, TesseraError
 from tessera.v1 import common_pb2, scheduler_pb2
 
 __all__ = ["AggregatorPort", "JobRunner", "TicketMinter"]
@@ -88,6 +88,7 @@ class JobRunner:
         self._throughput = ThroughputTracker()
         self._plans = PlacementCache()
         self._last_unplaced: tuple[str, ...] = ()
+        self._recoveries: dict[int, int] = {}
         self._thread = threading.Thread(target=self._run, name=f"job-{job.job_id}", daemon=True)
 
     # -- called from other threads -------------------------------------------------------------
@@ -203,7 +204,11 @@ class JobRunner:
             if reported is None:
                 self._finish(common_pb2.JOB_STATE_CANCELLED, "cancelled")
                 return
-            metrics = self._aggregator.close_round(self.job.job_id, round_index, reported)
+            try:
+                metrics = self._aggregator.close_round(self.job.job_id, round_index, reported)
+            except (Conflict, NotFound) as exc:
+                round_index = self._recover_round(round_index, exc)
+                continue
             self.job.rounds_completed = round_index + 1
             self.job.model_version = metrics.model_version
             self.job.last_metrics.CopyFrom(metrics)
@@ -217,6 +222,30 @@ class JobRunner:
                 )
                 return
         self._finish(common_pb2.JOB_STATE_SUCCEEDED, f"completed {round_index} rounds")
+
+    def _recover_round(self, round_index: int, error: TesseraError) -> int:
+        """Carry on after the aggregator lost a round's contributions (it restarted).
+
+        The job continues from the version the aggregator holds now, running the lost round
+        again. Returns the round to run next.
+
+        Raises:
+            TesseraError: the same round was lost too often to keep trying.
+        """
+        self._recoveries[round_index] = self._recoveries.get(round_index, 0) + 1
+        if self._recoveries[round_index] > MAX_ATTEMPTS:
+            raise TesseraError(f"round {round_index} could not be closed: {error}")
+        version = self._aggregator.open_job(self.job.job_id, self.job.spec)
+        message = (
+            f"round {round_index} runs again from model version {version}: the aggregator "
+            f"lost its contributions ({error})"
+        )
+        log.warning("job %s %s", self.job.job_id, message)
+        self.job.model_version = version
+        self.job.rounds_completed = version
+        self._store.save_job(self.job)
+        self._publish(Kind.JOB_EVENT_KIND_TASK_REASSIGNED, round=round_index, message=message)
+        return version
 
     def _wait_for_nodes(self, count: int) -> bool:
         announced = False

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from services.worker.trainer import Trainer
 from tessera.common.auth import NodeSigner
 from tessera.common.channels import open_channel
 from tessera.common.client_auth import TokenSource, with_credentials
-from tessera.common.errors import NotFound, TesseraError
+from tessera.common.errors import NotFound, TesseraError, Unavailable
 from tessera.common.retry import Backoff
 from tessera.common.rpc import call_with_retry, translate_rpc_errors
 from tessera.ml.datasets import load_dataset
@@ -66,6 +67,8 @@ _MIN_BYTES_PER_SECOND = 1 << 20
 # A model's size is unknown until its header arrives; keepalives detect dead connections.
 _MODEL_DEADLINE_SECONDS = 600.0
 _SERVICE = aggregator_pb2.DESCRIPTOR.services_by_name["Aggregator"]
+# How long a task waits for an unreachable aggregator (a restart) before it fails.
+_AGGREGATOR_PATIENCE = 30.0
 
 
 @dataclass(frozen=True)
@@ -256,7 +259,7 @@ class WorkerAgent:
         samples = 0
         try:
             aggregator = self._aggregator(task.aggregator_address)
-            weights = self._fetch_model(aggregator, task)
+            weights = self._fetch_model_patiently(aggregator, task)
             contribution = self._trainer.compute(
                 task.job_id, task.spec, weights, task.round, task.task_index, task.num_tasks
             )
@@ -279,6 +282,23 @@ class WorkerAgent:
             "succeeded" if outcome == scheduler_pb2.TASK_OUTCOME_SUCCEEDED else "failed"
         ).inc()
         self._report(task, outcome, message, seconds, samples)
+
+    def _fetch_model_patiently(
+        self, aggregator: _AggregatorLink, task: scheduler_pb2.Task
+    ) -> dict[str, torch.Tensor]:
+        """``_fetch_model``, riding out an aggregator restart.
+
+        Retries for up to ``_AGGREGATOR_PATIENCE`` seconds, so that a brief outage does not use
+        up the task's attempts.
+        """
+        give_up_at = time.monotonic() + _AGGREGATOR_PATIENCE
+        backoff = Backoff(initial=0.1, maximum=2.0)
+        while True:
+            try:
+                return self._fetch_model(aggregator, task)
+            except Unavailable:
+                if time.monotonic() >= give_up_at or backoff.wait(self._stop):
+                    raise
 
     def _fetch_model(
         self, aggregator: _AggregatorLink, task: scheduler_pb2.Task

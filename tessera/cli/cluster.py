@@ -212,7 +212,12 @@ class LocalCluster:
             aggregator, aggregator_ready = self._spawn(
                 "aggregator",
                 "services.aggregator",
-                ["--port", str(self.ports.aggregator)],
+                [
+                    "--port",
+                    str(self.ports.aggregator),
+                    "--checkpoint-dir",
+                    str(self.log_dir / "checkpoints"),
+                ],
                 metrics_offset=2,
             )
             self.services.update(registry=registry, aggregator=aggregator)

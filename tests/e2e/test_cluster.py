@@ -172,3 +172,28 @@ def _leader(cluster: LocalCluster) -> str:
     return next(
         p.name for p in cluster.scheduler_replicas if address.endswith(f":{p.info['port']}")
     )
+
+
+def test_a_restarted_aggregator_resumes_from_its_checkpoint(cluster: LocalCluster) -> None:
+    # Prepare
+    with Client(
+        cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
+    ) as client:
+        spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=25)
+        handle = client.submit(spec)
+        events = handle.watch()
+        for event in events:
+            if event.kind is EventKind.ROUND_COMPLETED and event.metrics is not None:
+                if event.metrics.round >= 4:
+                    break
+        # Execute: SIGKILL the aggregator mid-job and start it again on the same port.
+        cluster.kill_service("aggregator")
+        cluster.restart_service("aggregator")
+        reruns = [e.message for e in events if "runs again from model version" in e.message]
+        final = handle.get()
+        rounds = client.metrics(handle.job_id)
+    # Assert: every round completed once in the end; at most one round was run again.
+    assert final.state is JobState.SUCCEEDED, final.message
+    assert final.rounds_completed == 25 and final.model_version == 25
+    assert len(reruns) <= 1, reruns
+    assert sorted(m.round for m in rounds) == list(range(25))

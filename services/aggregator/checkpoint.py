@@ -1,0 +1,106 @@
+"""Checkpoints of a job's model, optimizer, round and ledger (safetensors + JSON, no pickle).
+
+Layout under ``<directory>/<job-id>/``: ``v<version>.safetensors`` (model parameters and the
+optimizer's tensors), ``v<version>.json`` (the job spec, optimizer hyper-parameters, round
+results and ledger entries) and ``LATEST``, naming the version. Each file is written to a
+temporary name and renamed; ``LATEST`` moves last, so a crash at any point leaves the previous
+checkpoint complete and current.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from services.aggregator.ledger import Decision, LedgerEntry
+from tessera.common.errors import StoreCorrupt
+
+__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
+
+_MODEL = "model."
+_OPTIMIZER = "optimizer."
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a job needs to carry on after a restart."""
+
+    version: int
+    spec: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    results: list[dict[str, Any]]
+    ledger: list[LedgerEntry]
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: Path, job_id: str, checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` and make it the job's current one; older versions are removed."""
+    folder = directory / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {_MODEL + k: v.detach().contiguous() for k, v in checkpoint.model.items()}
+    groups = checkpoint.optimizer["param_groups"]
+    for index, state in checkpoint.optimizer["state"].items():
+        for name, value in state.items():
+            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"{_OPTIMIZER}{index}.{name}"] = tensor.detach().contiguous()
+    stem = f"v{checkpoint.version}"
+    _atomic_write(folder / f"{stem}.safetensors", lambda p: save_file(tensors, str(p)))
+    meta = {
+        "version": checkpoint.version,
+        "spec": checkpoint.spec,
+        "param_groups": groups,
+        "results": checkpoint.results,
+        "ledger": [{**asdict(e), "decision": e.decision.value} for e in checkpoint.ledger],
+    }
+    _atomic_write(folder / f"{stem}.json", lambda p: p.write_text(json.dumps(meta)))
+    _atomic_write(folder / "LATEST", lambda p: p.write_text(stem))
+    for old in folder.glob("v*"):
+        if old.stem != stem and not old.name.endswith(".tmp"):
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(directory: Path, job_id: str) -> Checkpoint | None:
+    """The job's current checkpoint, or None if it has none.
+
+    Raises:
+        StoreCorrupt: the checkpoint exists but cannot be read.
+    """
+    folder = directory / job_id
+    latest = folder / "LATEST"
+    if not latest.exists():
+        return None
+    try:
+        stem = latest.read_text().strip()
+        meta = json.loads((folder / f"{stem}.json").read_text())
+        tensors = load_file(str(folder / f"{stem}.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise StoreCorrupt(f"checkpoint of job {job_id!r} is unreadable: {exc}") from exc
+    model = {k.removeprefix(_MODEL): v for k, v in tensors.items() if k.startswith(_MODEL)}
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(_OPTIMIZER):
+            index, name = key.removeprefix(_OPTIMIZER).split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    ledger = [LedgerEntry(**{**e, "decision": Decision(e["decision"])}) for e in meta["ledger"]]
+    return Checkpoint(
+        version=int(meta["version"]),
+        spec=meta["spec"],
+        model=model,
+        optimizer={"state": state, "param_groups": meta["param_groups"]},
+        results=meta["results"],
+        ledger=ledger,
+    )
