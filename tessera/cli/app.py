@@ -413,6 +413,38 @@ def worker(
 
 
 @app.command()
+def key() -> None:
+    """Print a new random cluster key (hex) for TESSERA_CLUSTER_KEY."""
+    from tessera.common.auth import ClusterKey
+
+    print(ClusterKey.generate().to_hex())
+
+
+@app.command()
+def token(
+    role: Annotated[str, typer.Argument(help="join, submitter or service")],
+    subject: Annotated[str, typer.Option(help="who the token is for")] = "operator",
+    ttl_days: Annotated[float, typer.Option(min=0.0, help="validity in days")] = 30.0,
+) -> None:
+    """Mint a token with the cluster key in TESSERA_CLUSTER_KEY."""
+    from tessera.common.auth import ClusterKey, Role
+
+    def body() -> None:
+        cluster_key = ClusterKey.from_env()
+        if cluster_key is None:
+            raise InvalidSpec("set TESSERA_CLUSTER_KEY to the cluster key (tessera key makes one)")
+        try:
+            chosen = Role(role)
+        except ValueError:
+            raise InvalidSpec(
+                f"unknown role {role!r}; choose one of: join, submitter, service"
+            ) from None
+        print(cluster_key.mint(chosen, subject, ttl=ttl_days * 86400))
+
+    _guard(body)
+
+
+@app.command()
 def schedule(
     etc_file: Annotated[Path, typer.Option(help="ETC matrix, Braun et al. format")],
     tasks: Annotated[int, typer.Option(min=1)],
