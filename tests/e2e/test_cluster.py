@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -39,13 +40,16 @@ def test_tessera_up_trains_the_demo_to_the_target_and_leaves_no_process() -> Non
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["test_accuracy"] >= 0.97
     assert 1 <= summary["rounds"] <= DEMO_JOB.rounds
-    leftovers = subprocess.run(
-        ["pgrep", "-f", "services.(worker|registry|scheduler|aggregator)"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    assert leftovers == []
+    # Every process of that cluster named its log directory on its command line.
+    found = re.search(r"logs in\s+(\S+?)\)", result.stderr)
+    assert found is not None, result.stderr[-2000:]
+    etcd = re.search(r"etcd\s+(127\.0\.0\.1:\d+)", result.stderr)
+    assert etcd is not None
+    for pattern in (found.group(1), f"listen-client-urls=http://{etcd.group(1)}"):
+        leftovers = subprocess.run(
+            ["pgrep", "-f", pattern], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert leftovers == [], pattern
 
 
 def test_killed_worker_lease_expires_and_its_tasks_are_reassigned(cluster: LocalCluster) -> None:
