@@ -52,6 +52,7 @@ def create_aggregator_server(
         address=config.common.address,
         interceptors=[auth_interceptor(config.common, AUTH_RULES)],
         credentials=config.common.server_credentials(),
+        max_concurrent_rpcs=config.common.max_concurrent_rpcs,
     )
     return server, port, health_servicer, aggregator
 

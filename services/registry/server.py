@@ -50,6 +50,7 @@ def create_registry_server(
         address=config.common.address,
         interceptors=[auth_interceptor(config.common, AUTH_RULES)],
         credentials=config.common.server_credentials(),
+        max_concurrent_rpcs=config.common.max_concurrent_rpcs,
     )
 
 

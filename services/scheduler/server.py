@@ -102,6 +102,7 @@ def create_scheduler_server(
         max_workers=config.max_workers,
         interceptors=[auth_interceptor(config.common, AUTH_RULES)],
         credentials=config.common.server_credentials(),
+        max_concurrent_rpcs=config.common.max_concurrent_rpcs,
     )
     election = LeaderElection(
         client,

@@ -50,6 +50,7 @@ class CommonConfig:
     tls_client_ca: Path | None = None
     tls_ca: Path | None = None
     rate_limit: float = 200.0
+    max_concurrent_rpcs: int | None = None
 
     @property
     def address(self) -> str:
@@ -75,6 +76,7 @@ class CommonConfig:
             tls_client_ca=path(args.tls_client_ca),
             tls_ca=path(args.tls_ca),
             rate_limit=args.rate_limit,
+            max_concurrent_rpcs=args.max_concurrent_rpcs or None,
         )
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
@@ -125,6 +127,12 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_port: int) -> No
         type=float,
         default=float(_env("RATE_LIMIT", "200")),
         help="requests per second per caller (RESOURCE_EXHAUSTED beyond)",
+    )
+    parser.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=int(_env("MAX_CONCURRENT_RPCS", "0")),
+        help="RPCs in progress at once, streams included (RESOURCE_EXHAUSTED beyond; 0 = no cap)",
     )
 
 

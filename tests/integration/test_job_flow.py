@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from tessera.common.etcd import KeySchema
 from tessera.ml.datasets import load_dataset
 from tessera.ml.training import compute_gradient
 from tessera.ml.zoo import ModelSpec, build_model
-from tessera.v1 import aggregator_pb2, common_pb2, registry_pb2, scheduler_pb2
+from tessera.v1 import aggregator_pb2, common_pb2, registry_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tessera.wire.frames import encode_tensors, iter_chunks
 from tessera.wire.stream import assemble, chunks_after_header, metas_from_specs, specs_from_metas
 
@@ -296,3 +297,53 @@ def test_a_task_no_node_can_take_waits_and_watch_says_why(services: Cluster, nod
     assert "no node with >= 8.0 GiB GPU memory" in reason
     job = services.scheduler.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job_id), timeout=30)
     assert job.state == common_pb2.JOB_STATE_CANCELLED
+
+
+def test_rpcs_beyond_the_concurrency_cap_get_resource_exhausted(
+    registry_config: Any, etcd_server: Any
+) -> None:
+    import dataclasses
+
+    from services.aggregator.config import AggregatorConfig
+    from services.aggregator.server import create_aggregator_server
+    from services.scheduler.config import SchedulerConfig
+    from services.scheduler.server import create_scheduler_server
+
+    from .conftest import LOOPBACK
+
+    agg_server, agg_port, _, _ = create_aggregator_server(AggregatorConfig(common=LOOPBACK))
+    common = dataclasses.replace(LOOPBACK, max_concurrent_rpcs=2)
+    scheduler = create_scheduler_server(
+        SchedulerConfig(
+            common=common,
+            etcd=etcd_server.endpoint,
+            etcd_prefix=registry_config.etcd_prefix,
+            aggregator=f"127.0.0.1:{agg_port}",
+        )
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{scheduler.port}")
+    stub = scheduler_pb2_grpc.SchedulerStub(channel)
+    try:
+        deadline = time.monotonic() + 30
+        while not scheduler.core.leading:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        job_id = stub.SubmitJob(
+            scheduler_pb2.SubmitJobRequest(spec=common_pb2.JobSpec(min_nodes=9)), timeout=30
+        ).job_id
+        # Two open watches hold both slots (each waits for nodes that never come).
+        watches = [
+            stub.WatchJob(scheduler_pb2.WatchJobRequest(job_id=job_id), timeout=30)
+            for _ in range(2)
+        ]
+        for watch in watches:
+            next(watch)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListJobs(scheduler_pb2.ListJobsRequest(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for watch in watches:
+            watch.cancel()
+    finally:
+        channel.close()
+        scheduler.stop(grace=0)
+        agg_server.stop(0).wait()
