@@ -332,7 +332,7 @@ def test_rpcs_beyond_the_concurrency_cap_get_resource_exhausted(
             scheduler_pb2.SubmitJobRequest(spec=common_pb2.JobSpec(min_nodes=9)), timeout=30
         ).job_id
         # Two open watches hold both slots (each waits for nodes that never come).
-        watches = [
+        watches: list[Any] = [
             stub.WatchJob(scheduler_pb2.WatchJobRequest(job_id=job_id), timeout=30)
             for _ in range(2)
         ]
