@@ -20,9 +20,13 @@ lengths) and followed by payloads that are exact, truncated, overlong, non-finit
 oddly, sent before the header, or abandoned mid-stream (``Stall``). Server streams are read for
 a few messages under a short deadline, then cut (``StreamRead``).
 
-Cases are *recipes*: plain data in which live ids and the open round appear as ``Known`` and
-``Current`` and long values as ``Many``, turned into messages by a ``FuzzContext`` when they run.
-A shrunk example therefore prints short and replays against a fresh cluster.
+Cases are *recipes*: plain data in which live ids, the open round and a task ticket appear as
+``Known``, ``Current`` and ``Ticket`` and long values as ``Many``, turned into messages by a
+``FuzzContext`` when they run. A shrunk example therefore prints short and replays against a
+fresh cluster. Each case also says which ``Credential`` it sends: with authentication on, the
+context holds the cluster key and gives most cases the right one for their RPC (a token of an
+allowed role, a node's fresh proof), so that they reach the service, and the rest none, garbage,
+a forged, expired or replayed one, or one for another role, node or RPC.
 """
 
 from __future__ import annotations
@@ -30,17 +34,24 @@ from __future__ import annotations
 import math
 import struct
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import grpc
+import jwt
 from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import strategies as st
 
+from services.aggregator.server import AUTH_RULES as AGGREGATOR_RULES
+from services.registry.server import AUTH_RULES as REGISTRY_RULES
+from services.scheduler.server import AUTH_RULES as SCHEDULER_RULES
+from tessera.common.auth import ClusterKey, NodeSigner, Role
 from tessera.v1 import (
     aggregator_pb2,
     common_pb2,
@@ -53,6 +64,9 @@ from tessera.wire.codecs.base import numel
 
 __all__ = [
     "ALLOWED_CODES",
+    "RIGHT",
+    "Case",
+    "Credential",
     "CLIENT_OPTIONS",
     "DECODE_STATS",
     "SERVICES",
@@ -70,7 +84,9 @@ __all__ = [
     "Stall",
     "StreamRead",
     "Target",
+    "Ticket",
     "Undecodable",
+    "describe",
     "health_status",
     "message_recipes",
     "targets",
@@ -101,6 +117,11 @@ SERVICES: dict[str, pb_descriptor.ServiceDescriptor] = {
     "scheduler": scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"],
     "aggregator": aggregator_pb2.DESCRIPTOR.services_by_name["Aggregator"],
 }
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+# Which roles may call each method, as the services declare it.
+AUTH_RULES: dict[str, frozenset[Role]] = {**REGISTRY_RULES, **SCHEDULER_RULES, **AGGREGATOR_RULES}
 
 UNARY_DEADLINE = 30.0
 # Clients accept large answers and trailers, so a status is seen as the server sent it.
@@ -168,6 +189,62 @@ class Raw:
     """A message given as random bytes that parse as it."""
 
     data: bytes
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A valid task ticket for the contribution the header describes."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    """The credentials a case sends when authentication is on.
+
+    ``kind`` is "right" (a valid credential of a role the method allows: for a node, a fresh
+    proof for the node the request names), "none", "garbage" (``token`` as it is), "wrong_role",
+    "forged" (signed with another key), "expired", "other_node" (a proof for another node),
+    "other_method" (a proof made for another RPC) or "replayed" (a proof already used).
+    """
+
+    kind: str
+    token: str = ""
+
+
+RIGHT = Credential("right")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One generated case: what to send (``body``) and with which credentials."""
+
+    body: Any
+    credential: Credential = RIGHT
+
+
+def credentials() -> st.SearchStrategy[Credential]:
+    """Mostly the right credentials (so that cases reach the service), else wrong ones."""
+    wrong = st.one_of(
+        st.sampled_from(
+            [
+                Credential(kind)
+                for kind in (
+                    "none",
+                    "wrong_role",
+                    "forged",
+                    "expired",
+                    "other_node",
+                    "other_method",
+                    "replayed",
+                )
+            ]
+        ),
+        st.builds(
+            Credential,
+            st.just("garbage"),
+            st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300),
+        ),
+    )
+    return mostly(st.just(RIGHT), wrong, times=8)
 
 
 # -- generic strategies from descriptors ---------------------------------------------------------
@@ -486,7 +563,7 @@ class Resolver:
         deferred: list[str] = []
         for name, value in recipe.items():
             fd = fields[name]
-            if isinstance(value, Current):
+            if isinstance(value, Current | Ticket):
                 deferred.append(name)
             elif isinstance(value, ModelTable):
                 getattr(msg, name).extend(self._context.table(value))
@@ -507,10 +584,15 @@ class Resolver:
             else:
                 setattr(msg, name, self._scalar(value))
         for name in deferred:
+            if isinstance(recipe[name], Ticket):
+                continue
             job_id = getattr(msg, "job_id", "")
             if job_id not in self._current:
                 self._current[job_id] = self._context.current(self._service, job_id)
             setattr(msg, name, self._current[job_id])
+        for name in deferred:
+            if isinstance(recipe[name], Ticket):
+                setattr(msg, name, self._context.ticket(msg))
 
     def _fill_map(
         self, container: Any, fd: pb_descriptor.FieldDescriptor, value: Mapping[Any, Any]
@@ -657,6 +739,7 @@ def push_plans(limits: Limits) -> st.SearchStrategy[PushPlan]:
             "base_version": mostly(st.just(Current()), uint64),
             "samples": mostly(st.integers(1, 10_000), uint64),
             "loss": doubles(),
+            "ticket": mostly(st.just(Ticket()), texts(limits), times=5),
             "tensors": mostly(
                 st.just(ModelTable()),
                 st.lists(table_edits(limits), min_size=1, max_size=3).map(
@@ -762,8 +845,8 @@ class Target:
 
     name: str
     service: str
-    cases: st.SearchStrategy[Any]
-    run: Callable[[FuzzContext, Any], Outcome]
+    cases: st.SearchStrategy[Case]
+    run: Callable[[FuzzContext, Case], Outcome]
 
 
 def _outcome(exc: grpc.RpcError, responses: int = 0) -> Outcome:
@@ -783,6 +866,13 @@ def _path(service: str, method: str) -> str:
     return f"/{SERVICES[service].full_name}/{method}"
 
 
+def _node_of(request: Message) -> str | None:
+    """The node a request speaks for (its ``node_id``), or None if it names none."""
+    if "node_id" in request.DESCRIPTOR.fields_by_name:
+        return str(cast(Any, request).node_id)
+    return None
+
+
 # -- the live context ----------------------------------------------------------------------------
 
 
@@ -798,10 +888,25 @@ class FuzzContext:
     deregisters them), opens two jobs on the aggregator (mean and median rules) and submits
     three to the scheduler: one running (its tasks go to the known nodes), one waiting for more
     nodes than exist, and one cancelled. ``refresh`` replaces scheduler jobs that ended.
+
+    With the cluster ``key`` (authentication on), every call carries credentials
+    (``metadata``): the context holds the key, so it can act as any role and any node, and mint
+    the task tickets pushes need.
     """
 
-    def __init__(self, channels: Mapping[str, grpc.Channel], *, heartbeat_interval: float) -> None:
+    def __init__(
+        self,
+        channels: Mapping[str, grpc.Channel],
+        *,
+        heartbeat_interval: float,
+        key: ClusterKey | None = None,
+    ) -> None:
         self.channels = dict(channels)
+        self.key = key
+        # Signs the "forged" credentials: right in form, wrong in key.
+        self._attacker = ClusterKey.generate()
+        self._tokens: dict[Role, str] = {}
+        self._proofs: dict[tuple[str, str], str] = {}
         self._interval = heartbeat_interval
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -815,7 +920,7 @@ class FuzzContext:
     # Calls made by the context itself (setup, resolution, cleanup).
 
     def call(self, service: str, method: str, request: Message, timeout: float = 30.0) -> Any:
-        """A unary call with the generated classes (raises ``grpc.RpcError``)."""
+        """A unary call with the right credentials (raises ``grpc.RpcError``)."""
         key = f"{service}/{method}"
         if key not in self._unary:
             req_cls, resp_cls = _classes(SERVICES[service].methods_by_name[method])
@@ -824,7 +929,67 @@ class FuzzContext:
                 request_serializer=req_cls.SerializeToString,
                 response_deserializer=resp_cls.FromString,
             )
-        return self._unary[key](request, timeout=timeout)
+        metadata = self.metadata(_path(service, method), RIGHT, _node_of(request))
+        return self._unary[key](request, timeout=timeout, metadata=metadata)
+
+    # Credentials.
+
+    def metadata(self, method: str, credential: Credential, node_id: str | None) -> Metadata | None:
+        """The ``authorization`` header a case sends (None: none, or authentication off)."""
+        if self.key is None or credential.kind == "none":
+            return None
+        return (("authorization", f"Bearer {self._token(method, credential, node_id)}"),)
+
+    def _token(self, method: str, credential: Credential, node_id: str | None) -> str:
+        assert self.key is not None
+        allowed = AUTH_RULES.get(method, frozenset())
+        kind = credential.kind
+        if kind == "garbage":
+            return credential.token
+        as_node = Role.NODE in allowed and (node_id is not None or allowed == {Role.NODE})
+        node = node_id if node_id is not None else (self.node_ids[0] if self.node_ids else "x")
+        if kind == "wrong_role":
+            role = next(r for r in (Role.JOIN, Role.SUBMITTER, Role.SERVICE) if r not in allowed)
+            return self._bearer(role)
+        if not as_node:
+            role = next(
+                (r for r in (Role.SUBMITTER, Role.SERVICE, Role.JOIN) if r in allowed),
+                Role.SUBMITTER,
+            )
+            if kind == "forged":
+                return self._attacker.mint(role, "fuzz")
+            if kind == "expired":
+                return self.key.mint(role, "fuzz", ttl=-60)
+            return self._bearer(role)
+        if kind == "forged":
+            return NodeSigner(node, self._attacker.node_secret(node)).proof(method)
+        if kind == "expired":
+            claims = {"typ": "node", "sub": node, "iat": time.time() - 3600}
+            claims |= {"jti": uuid.uuid4().hex, "mth": method}
+            return jwt.encode(claims, self.key.node_secret(node), algorithm="HS256")
+        if kind == "other_node":
+            node = next((n for n in self.node_ids if n != node), "someone-else")
+        if kind == "other_method":
+            other = "/tessera.v1.Registry/Heartbeat"
+            method = other if method != other else "/tessera.v1.Registry/Deregister"
+        if kind == "replayed" and (method, node) in self._proofs:
+            return self._proofs[method, node]
+        proof = NodeSigner(node, self.key.node_secret(node)).proof(method)
+        self._proofs[method, node] = proof
+        return proof
+
+    def _bearer(self, role: Role) -> str:
+        assert self.key is not None
+        if role not in self._tokens:
+            self._tokens[role] = self.key.mint(role, "fuzz")
+        return self._tokens[role]
+
+    def ticket(self, header: Message) -> str:
+        """A valid ticket for the contribution ``header`` describes ("" without a key)."""
+        if self.key is None:
+            return ""
+        h = cast(aggregator_pb2.ContributionHeader, header)
+        return self.key.mint_ticket(h.job_id, h.round, h.task_index, h.node_id)
 
     def start(self) -> FuzzContext:
         """Create the known nodes and jobs; start heartbeating."""
@@ -853,7 +1018,11 @@ class FuzzContext:
                     _path("aggregator", "GetModel"),
                     request_serializer=aggregator_pb2.GetModelRequest.SerializeToString,
                     response_deserializer=aggregator_pb2.ModelFrame.FromString,
-                )(aggregator_pb2.GetModelRequest(job_id="fuzz-mean"), timeout=30)
+                )(
+                    aggregator_pb2.GetModelRequest(job_id="fuzz-mean"),
+                    timeout=30,
+                    metadata=self.metadata(_path("aggregator", "GetModel"), RIGHT, None),
+                )
             )
         )
         self.model_table = list(header.header.tensors)
@@ -1029,18 +1198,21 @@ def _run_unary(
     service: str,
     method: str,
     after: Callable[[FuzzContext, Any, Any], None] | None = None,
-) -> Callable[[FuzzContext, Any], Outcome]:
+) -> Callable[[FuzzContext, Case], Outcome]:
     req_cls, resp_cls = _classes(SERVICES[service].methods_by_name[method])
 
-    def run(context: FuzzContext, recipe: Any) -> Outcome:
-        request = Resolver(context, service).message(req_cls, recipe)
+    path = _path(service, method)
+
+    def run(context: FuzzContext, case: Case) -> Outcome:
+        request = Resolver(context, service).message(req_cls, case.body)
         call = context.channels[service].unary_unary(
-            _path(service, method),
+            path,
             request_serializer=req_cls.SerializeToString,
             response_deserializer=resp_cls.FromString,
         )
+        metadata = context.metadata(path, case.credential, _node_of(request))
         try:
-            response = call(request, timeout=UNARY_DEADLINE)
+            response = call(request, timeout=UNARY_DEADLINE, metadata=metadata)
         except grpc.RpcError as exc:
             return _outcome(exc)
         if after is not None:
@@ -1051,24 +1223,31 @@ def _run_unary(
     return run
 
 
-def _run_server_stream(service: str, method: str) -> Callable[[FuzzContext, Any], Outcome]:
+def _run_server_stream(service: str, method: str) -> Callable[[FuzzContext, Case], Outcome]:
     req_cls, resp_cls = _classes(SERVICES[service].methods_by_name[method])
 
-    def run(context: FuzzContext, case: StreamRead) -> Outcome:
-        request = Resolver(context, service).message(req_cls, case.request)
+    path = _path(service, method)
+
+    def run(context: FuzzContext, case: Case) -> Outcome:
+        read: StreamRead = case.body
+        request = Resolver(context, service).message(req_cls, read.request)
         call = context.channels[service].unary_stream(
-            _path(service, method),
+            path,
             request_serializer=req_cls.SerializeToString,
             response_deserializer=resp_cls.FromString,
-        )(request, timeout=case.deadline)
+        )(
+            request,
+            timeout=read.deadline,
+            metadata=context.metadata(path, case.credential, _node_of(request)),
+        )
         received = 0
         try:
-            if case.read == 0:
+            if read.read == 0:
                 cast("grpc.Future[Any]", call).cancel()
                 return Outcome("CANCELLED")
             for _ in call:
                 received += 1
-                if case.read is not None and received >= case.read:
+                if read.read is not None and received >= read.read:
                     cast("grpc.Future[Any]", call).cancel()
                     return Outcome("CANCELLED", responses=received)
         except grpc.RpcError as exc:
@@ -1078,14 +1257,21 @@ def _run_server_stream(service: str, method: str) -> Callable[[FuzzContext, Any]
     return run
 
 
-def _run_push(context: FuzzContext, plan: PushPlan) -> Outcome:
+def _run_push(context: FuzzContext, case: Case) -> Outcome:
+    plan: PushPlan = case.body
     resolver = Resolver(context, "aggregator")
     frames: list[aggregator_pb2.GradientFrame | Payload | Stall] = []
+    node_id: str | None = None
     for step in plan.steps:
         if isinstance(step, Frame):
-            frames.append(resolver.message(aggregator_pb2.GradientFrame, step.recipe))
+            frame = resolver.message(aggregator_pb2.GradientFrame, step.recipe)
+            if node_id is None and frame.WhichOneof("frame") == "header":
+                node_id = frame.header.node_id
+            frames.append(frame)
         else:
             frames.append(step)
+    path = _path("aggregator", "PushGradient")
+    metadata = context.metadata(path, case.credential, node_id)
     done = threading.Event()
 
     def requests() -> Iterator[aggregator_pb2.GradientFrame]:
@@ -1105,11 +1291,11 @@ def _run_push(context: FuzzContext, plan: PushPlan) -> Outcome:
             yield frame
 
     call = context.channels["aggregator"].stream_unary(
-        _path("aggregator", "PushGradient"),
+        path,
         request_serializer=aggregator_pb2.GradientFrame.SerializeToString,
         response_deserializer=aggregator_pb2.PushReceipt.FromString,
     )
-    future = call.future(requests(), timeout=plan.deadline)
+    future = call.future(requests(), timeout=plan.deadline, metadata=metadata)
     future.add_done_callback(lambda _f: done.set())
     try:
         receipt = future.result()
@@ -1119,23 +1305,29 @@ def _run_push(context: FuzzContext, plan: PushPlan) -> Outcome:
     return Outcome("OK", f"{status}: {receipt.reason[:200]}" if receipt.reason else status, 1)
 
 
-def _run_undecodable(service: str) -> Callable[[FuzzContext, Any], Outcome]:
+def _run_undecodable(service: str) -> Callable[[FuzzContext, Case], Outcome]:
     methods = SERVICES[service].methods_by_name
 
-    def run(context: FuzzContext, case: Undecodable) -> Outcome:
-        method = methods[case.method]
+    def run(context: FuzzContext, case: Case) -> Outcome:
+        body: Undecodable = case.body
+        method = methods[body.method]
         channel = context.channels[service]
-        path = _path(service, case.method)
+        path = _path(service, body.method)
+        metadata = context.metadata(path, case.credential, None)
         try:
             # No serializers: the bytes go out as they are.
             if method.client_streaming:
-                future = channel.stream_unary(path, None, None).future(iter([case.data]), timeout=5)
+                future = channel.stream_unary(path, None, None).future(
+                    iter([body.data]), timeout=5, metadata=metadata
+                )
                 future.result()
             elif method.server_streaming:
-                for _ in channel.unary_stream(path, None, None)(case.data, timeout=0.5):
+                for _ in channel.unary_stream(path, None, None)(
+                    body.data, timeout=0.5, metadata=metadata
+                ):
                     pass
             else:
-                channel.unary_unary(path, None, None)(case.data, timeout=5)
+                channel.unary_unary(path, None, None)(body.data, timeout=5, metadata=metadata)
         except grpc.RpcError as exc:
             return _outcome(exc)
         return Outcome("OK")
@@ -1182,13 +1374,14 @@ def _close_opened(context: FuzzContext, request: Any, _response: Any) -> None:
 
 
 def _protected_close(
-    run: Callable[[FuzzContext, Any], Outcome],
-) -> Callable[[FuzzContext, Any], Outcome]:
+    run: Callable[[FuzzContext, Case], Outcome],
+) -> Callable[[FuzzContext, Case], Outcome]:
     # CloseJob of the known jobs would only turn every later case into NOT_FOUND.
-    def guarded(context: FuzzContext, recipe: Any) -> Outcome:
-        if isinstance(recipe, dict) and isinstance(recipe.get("job_id"), Known):
-            recipe = {**recipe, "job_id": "no-such-job"}
-        return run(context, recipe)
+    def guarded(context: FuzzContext, case: Case) -> Outcome:
+        body = case.body
+        if isinstance(body, dict) and isinstance(body.get("job_id"), Known):
+            case = Case({**body, "job_id": "no-such-job"}, case.credential)
+        return run(context, case)
 
     return guarded
 
@@ -1247,10 +1440,10 @@ def _live_request(desc: pb_descriptor.Descriptor) -> st.SearchStrategy[dict[str,
     return st.fixed_dictionaries({name: live[name] for name in _fields(desc) if name in live})
 
 
-def _named(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    # The same strategy with a short repr: hypothesis prints a strategy's repr on failure, and
-    # these run to hundreds of kilobytes.
-    return st.deferred(lambda: strategy)
+def _cases(body: st.SearchStrategy[Any]) -> st.SearchStrategy[Case]:
+    # Deferred for a short repr: hypothesis prints a strategy's repr on failure, and these run
+    # to hundreds of kilobytes.
+    return st.deferred(lambda: st.builds(Case, body, credentials()))
 
 
 def targets(limits: Limits = Limits()) -> dict[str, Target]:  # noqa: B008 - frozen dataclass
@@ -1303,7 +1496,7 @@ def targets(limits: Limits = Limits()) -> dict[str, Target]:  # noqa: B008 - fro
             name = f"{desc.name}/{method.name}"
             req_cls, _ = _classes(method)
             if method.client_streaming:
-                out[name] = Target(name, service, _named(push_plans(limits)), _run_push)
+                out[name] = Target(name, service, _cases(push_plans(limits)), _run_push)
                 continue
             request = special.get(name, request_recipes(req_cls, limits))
             if method.server_streaming:
@@ -1312,16 +1505,18 @@ def targets(limits: Limits = Limits()) -> dict[str, Target]:  # noqa: B008 - fro
                 out[name] = Target(
                     name,
                     service,
-                    _named(stream_reads(request)),
+                    _cases(stream_reads(request)),
                     _run_server_stream(service, method.name),
                 )
                 continue
             run = _run_unary(service, method.name, after.get(name))
             if name == "Aggregator/CloseJob":
                 run = _protected_close(run)
-            out[name] = Target(name, service, _named(request), run)
+            out[name] = Target(name, service, _cases(request), run)
         name = f"{desc.name}/undecodable"
-        out[name] = Target(name, service, undecodable_cases(service), _run_undecodable(service))
+        out[name] = Target(
+            name, service, _cases(undecodable_cases(service)), _run_undecodable(service)
+        )
     return out
 
 
@@ -1340,12 +1535,3 @@ def describe(case: Any) -> str:
     """A short, reproducible description of a case (long values stay ``Many``)."""
     text = repr(case)
     return text if len(text) <= 2000 else text[:2000] + "..."
-
-
-def summarize(outcomes: Sequence[tuple[str, Outcome]]) -> dict[str, dict[str, int]]:
-    """Histogram target -> code -> count."""
-    out: dict[str, dict[str, int]] = {}
-    for name, outcome in outcomes:
-        codes = out.setdefault(name, {})
-        codes[outcome.code] = codes.get(outcome.code, 0) + 1
-    return out

@@ -6,17 +6,24 @@ UNAVAILABLE), no service may log an unexpected error, and every server must stil
 health check afterwards. ``bench/fuzz.py`` runs the same targets with a budget of thousands
 against services in their own processes.
 
-The tests after the fuzz targets replay the minimal examples of what the fuzzer found.
+The tests after the fuzz targets replay the minimal examples of what the fuzzer found. Those
+not fixed yet are marked ``xfail(strict=True)``, and the fuzz tests tolerate exactly their
+signature (``_known_issue``), so that the suite stays green while they are open and says so
+when they close: once a fix lands its test passes, strict xfail turns that into a failure, and
+the mark and its ``_known_issue`` branch go.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,12 +37,14 @@ from services.registry.config import RegistryConfig
 from services.registry.server import create_registry_server
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.server import create_scheduler_server
+from tessera.common.auth import ClusterKey
 from tessera.common.service import CommonConfig
 from tessera.v1 import aggregator_pb2, common_pb2
 from tests.fuzz.strategies import (
     ALLOWED_CODES,
     CLIENT_OPTIONS,
     SERVICES,
+    Case,
     Frame,
     FuzzContext,
     Known,
@@ -47,6 +56,7 @@ from tests.fuzz.strategies import (
     PushPlan,
     Stall,
     StreamRead,
+    Ticket,
     Undecodable,
     describe,
     health_status,
@@ -71,15 +81,31 @@ ETCD_OVERSIZED = 2_097_152
 
 
 class _ErrorLog(logging.Handler):
-    """Collects ERROR records of the services (an interceptor's "unexpected error", a crash)."""
+    """Collects ERROR records of the services and of gRPC's server.
+
+    That is an interceptor's "unexpected error", a job runner's crash, and gRPC's own
+    "Exception calling application" for an exception that escaped every handler.
+    """
 
     def __init__(self) -> None:
         super().__init__(level=logging.ERROR)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(("services", "tessera")):
+        if record.name.startswith(("services", "tessera", "grpc")):
             self.records.append(record)
+
+
+def _known_issue(record: logging.LogRecord) -> str | None:
+    """The regression test of an open finding this ERROR record belongs to, if any."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
+        return "test_long_job_id_is_not_an_internal_error"
+    if isinstance(error, UnboundLocalError) and "'response'" in str(error):
+        return "test_cut_gradient_stream_is_counted_as_cut"
+    if isinstance(error, grpc.RpcError) and "unexpected error" in record.getMessage():
+        return "test_cut_gradient_stream_is_counted_as_cut"
+    return None
 
 
 @dataclass
@@ -87,30 +113,34 @@ class FuzzCluster:
     context: FuzzContext
     channels: dict[str, grpc.Channel]
     errors: _ErrorLog
+    checkpoints: Path
     outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
 
 
-@pytest.fixture(scope="module")
-def fuzz_cluster(etcd_server: Any) -> Iterator[FuzzCluster]:
+@contextmanager
+def _cluster(etcd: Any, key: ClusterKey | None, checkpoints: Path) -> Iterator[FuzzCluster]:
+    """Registry, aggregator (checkpointing) and scheduler in this process, with ``key``."""
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    common = replace(LOOPBACK, cluster_key=key)
     prefix = f"/fuzz-{uuid.uuid4().hex[:10]}"
     errors = _ErrorLog()
     logging.getLogger().addHandler(errors)
     registry, registry_port, _ = create_registry_server(
         RegistryConfig(
-            common=LOOPBACK,
-            etcd=etcd_server.endpoint,
+            common=common,
+            etcd=etcd.endpoint,
             etcd_prefix=prefix,
             heartbeat_interval=1.0,
             patience=5,
         )
     )
     aggregator, aggregator_port, _, _core = create_aggregator_server(
-        AggregatorConfig(common=LOOPBACK)
+        AggregatorConfig(common=common, checkpoint_dir=checkpoints)
     )
     scheduler = create_scheduler_server(
         SchedulerConfig(
-            common=LOOPBACK,
-            etcd=etcd_server.endpoint,
+            common=common,
+            etcd=etcd.endpoint,
             etcd_prefix=prefix,
             aggregator=f"127.0.0.1:{aggregator_port}",
             max_workers=32,
@@ -121,9 +151,9 @@ def fuzz_cluster(etcd_server: Any) -> Iterator[FuzzCluster]:
         name: grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS)
         for name, port in ports.items()
     }
-    context = FuzzContext(channels, heartbeat_interval=1.0).start()
+    context = FuzzContext(channels, heartbeat_interval=1.0, key=key).start()
     try:
-        yield FuzzCluster(context, channels, errors)
+        yield FuzzCluster(context, channels, errors, checkpoints)
     finally:
         context.close()
         for channel in channels.values():
@@ -132,6 +162,26 @@ def fuzz_cluster(etcd_server: Any) -> Iterator[FuzzCluster]:
         aggregator.stop(0).wait()
         registry.stop(0).wait()
         logging.getLogger().removeHandler(errors)
+
+
+@pytest.fixture(scope="module")
+def fuzz_cluster(
+    etcd_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FuzzCluster]:
+    """Authentication on, as deployed: cases mostly carry the right credentials."""
+    checkpoints = tmp_path_factory.mktemp("fuzz") / "checkpoints"
+    with _cluster(etcd_server, ClusterKey.generate(), checkpoints) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def open_cluster(
+    etcd_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FuzzCluster]:
+    """Authentication off (local development): any caller may claim any node id."""
+    checkpoints = tmp_path_factory.mktemp("open") / "checkpoints"
+    with _cluster(etcd_server, None, checkpoints) as cluster:
+        yield cluster
 
 
 @pytest.mark.parametrize("name", FUZZED)
@@ -147,9 +197,14 @@ def test_rpc_answers_only_expected_statuses(fuzz_cluster: FuzzCluster, name: str
     )
     @given(case=target.cases)
     def answers_with_an_expected_status(case: Any) -> None:
+        logged = len(fuzz_cluster.errors.records)
         outcome = target.run(fuzz_cluster.context, case)
         fuzz_cluster.outcomes.append((name, outcome))
-        assert outcome.code in ALLOWED_CODES, (
+        if outcome.code in ALLOWED_CODES:
+            return
+        # An INTERNAL is logged by the server before it is answered.
+        causes = [_known_issue(r) for r in fuzz_cluster.errors.records[logged:]]
+        assert causes and None not in causes, (
             f"{name} answered {outcome.code} ({outcome.details}) to {describe(case)}"
         )
 
@@ -161,6 +216,8 @@ def test_rpc_answers_only_expected_statuses(fuzz_cluster: FuzzCluster, name: str
 def test_fuzzing_reached_past_validation(fuzz_cluster: FuzzCluster) -> None:
     # Guards the strategies themselves: a fuzzer that only ever meets the first check of
     # each RPC tests nothing behind it.
+    if not fuzz_cluster.outcomes:
+        pytest.skip("checks the outcomes of the fuzz tests, which did not run")
     codes = {(name, o.code) for name, o in fuzz_cluster.outcomes}
     for name in ("Registry/Register", "Scheduler/SubmitJob", "Scheduler/ReportTask"):
         assert (name, "OK") in codes
@@ -170,8 +227,8 @@ def test_fuzzing_reached_past_validation(fuzz_cluster: FuzzCluster) -> None:
 
 
 def test_no_service_logged_an_unexpected_error(fuzz_cluster: FuzzCluster) -> None:
-    messages = [r.getMessage() for r in fuzz_cluster.errors.records]
-    assert messages == []
+    records = fuzz_cluster.errors.records
+    assert [r.getMessage() for r in records if _known_issue(r) is None] == []
 
 
 def test_every_server_still_serves(fuzz_cluster: FuzzCluster) -> None:
@@ -189,35 +246,62 @@ def test_every_server_still_serves(fuzz_cluster: FuzzCluster) -> None:
     "service,method",
     [(key, m.name) for key, desc in SERVICES.items() for m in desc.methods],
 )
+@pytest.mark.xfail(
+    strict=True, reason="gRPC answers INTERNAL for a request it cannot deserialise (grpc_server.py)"
+)
 def test_undecodable_request_is_invalid_argument(
     fuzz_cluster: FuzzCluster, service: str, method: str
 ) -> None:
     # b"\x00" is a tag for field 0, which protobuf refuses: gRPC's own deserialisation error
     # happens before any interceptor and is answered INTERNAL.
     target = TARGETS[f"{SERVICES[service].name}/undecodable"]
-    outcome = target.run(fuzz_cluster.context, Undecodable(method, b"\x00"))
+    outcome = target.run(fuzz_cluster.context, Case(Undecodable(method, b"\x00")))
     assert outcome.code == "INVALID_ARGUMENT", outcome
 
 
-@pytest.mark.parametrize(
-    "name,case",
-    [
-        ("Registry/Heartbeat", {"node_id": Many("x", ETCD_OVERSIZED)}),
-        ("Registry/Deregister", {"node_id": Many("x", ETCD_OVERSIZED)}),
-        ("Scheduler/GetJob", {"job_id": Many("x", ETCD_OVERSIZED)}),
-        ("Scheduler/CancelJob", {"job_id": Many("x", ETCD_OVERSIZED)}),
-        ("Scheduler/GetMetrics", {"job_id": Many("x", ETCD_OVERSIZED)}),
-        ("Scheduler/ReportTask", {"job_id": Many("x", ETCD_OVERSIZED)}),
-        ("Scheduler/WatchJob", StreamRead({"job_id": Many("x", ETCD_OVERSIZED)}, 10.0, None)),
-        ("Scheduler/StreamTasks", StreamRead({"node_id": Many("x", ETCD_OVERSIZED)}, 10.0, None)),
-    ],
-)
-def test_oversized_id_is_the_callers_fault(fuzz_cluster: FuzzCluster, name: str, case: Any) -> None:
+_OVERSIZED_JOB = {"job_id": Many("x", ETCD_OVERSIZED)}
+_OVERSIZED_NODE = {"node_id": Many("x", ETCD_OVERSIZED)}
+# Callers with credentials reach these with a 2 MiB job id.
+_OVERSIZED_WITH_AUTH = [
+    ("Scheduler/GetJob", _OVERSIZED_JOB),
+    ("Scheduler/CancelJob", _OVERSIZED_JOB),
+    ("Scheduler/GetMetrics", _OVERSIZED_JOB),
+    ("Scheduler/WatchJob", StreamRead(_OVERSIZED_JOB, 10.0, None)),
+    ("Scheduler/ReportTask", {**_OVERSIZED_JOB, "node_id": Known("node", 0)}),
+]
+# A node's proof names its id, and a 2 MiB one exceeds the metadata limit: these are reached
+# only with authentication off.
+_OVERSIZED_WITHOUT_AUTH = [
+    ("Registry/Heartbeat", _OVERSIZED_NODE),
+    ("Registry/Deregister", _OVERSIZED_NODE),
+    ("Scheduler/StreamTasks", StreamRead(_OVERSIZED_NODE, 10.0, None)),
+]
+
+
+def _check_oversized_id(cluster: FuzzCluster, name: str, body: Any) -> None:
     # A 2 MiB id overflows etcd's request limit; the answer must blame the request, not report
     # the store as unavailable (which clients retry), and must not echo the id back whole.
-    outcome = TARGETS[name].run(fuzz_cluster.context, case)
+    outcome = TARGETS[name].run(cluster.context, Case(body))
     assert outcome.code in ALLOWED_CODES, outcome
     assert len(outcome.details) < 1000
+
+
+@pytest.mark.parametrize("name,body", _OVERSIZED_WITH_AUTH)
+@pytest.mark.xfail(
+    strict=True, reason="etcd's RESOURCE_EXHAUSTED becomes UNAVAILABLE; ids are not length-checked"
+)
+def test_oversized_id_is_the_callers_fault(fuzz_cluster: FuzzCluster, name: str, body: Any) -> None:
+    _check_oversized_id(fuzz_cluster, name, body)
+
+
+@pytest.mark.parametrize("name,body", _OVERSIZED_WITH_AUTH + _OVERSIZED_WITHOUT_AUTH)
+@pytest.mark.xfail(
+    strict=True, reason="etcd's RESOURCE_EXHAUSTED becomes UNAVAILABLE; ids are not length-checked"
+)
+def test_oversized_id_is_the_callers_fault_without_auth(
+    open_cluster: FuzzCluster, name: str, body: Any
+) -> None:
+    _check_oversized_id(open_cluster, name, body)
 
 
 def _server_counts(method: str) -> Counter[str]:
@@ -242,6 +326,7 @@ _HEADER = {
     "base_version": 0,
     "samples": 1,
     "tensors": ModelTable(),
+    "ticket": Ticket(),
 }
 
 
@@ -291,6 +376,10 @@ def fresh_job(fuzz_cluster: FuzzCluster) -> str:
         ),
     ],
 )
+@pytest.mark.xfail(
+    strict=True,
+    reason="_abort returns for an inactive context and the wrapper counts OK (grpc_server.py)",
+)
 def test_cut_gradient_stream_is_counted_as_cut(
     fuzz_cluster: FuzzCluster,
     fresh_job: str,
@@ -304,7 +393,7 @@ def test_cut_gradient_stream_is_counted_as_cut(
     # whichever side of a race in gRPC it lands on.
     before = _server_counts(PUSH)
     logged = len(fuzz_cluster.errors.records)
-    outcome = TARGETS["Aggregator/PushGradient"].run(fuzz_cluster.context, plan)
+    outcome = TARGETS["Aggregator/PushGradient"].run(fuzz_cluster.context, Case(plan))
     assert outcome.code == client_sees, outcome
     deadline = time.monotonic() + 10
     while _server_counts(PUSH)["handled"] <= before["handled"]:
@@ -317,28 +406,24 @@ def test_cut_gradient_stream_is_counted_as_cut(
     assert (set(counted) - server_may_count, new_errors) == (set(), [])
 
 
+@pytest.mark.xfail(strict=True, reason="the number of hidden layers is not bounded")
 def test_model_depth_is_bounded(fuzz_cluster: FuzzCluster) -> None:
-    # Each hidden size is checked but not their number: 10,000 layers of width 1 pass every
-    # check, and the aggregator spends seconds and hundreds of MB building the model (100,000
-    # layers: 17 s and 0.9 GB; the 4 MiB message limit allows about 2,000,000).
-    spec = {
-        "model": "mlp",
-        "dataset": "digits",
-        "tasks_per_round": 1,
-        "learning_rate": 0.1,
-        "optimizer": "sgd",
-        "hidden_sizes": Many(1, 10_000),
-    }
+    # Each hidden size is checked but not their number: a submitter's spec of 10,000 layers of
+    # width 1 passes every check, and the aggregator spends seconds and hundreds of MB building
+    # the model (100,000 layers: 17 s and 0.9 GB; the 4 MiB message limit allows about
+    # 2,000,000). The scheduler retries OpenJob on DEADLINE_EXCEEDED, so a slow build is
+    # started again and again.
+    spec = {"tasks_per_round": 1, "min_nodes": 1000, "hidden_sizes": Many(1, 10_000)}
     started = time.monotonic()
-    outcome = TARGETS["Aggregator/OpenJob"].run(
-        fuzz_cluster.context, {"job_id": "deep", "spec": spec}
-    )
+    outcome = TARGETS["Scheduler/SubmitJob"].run(fuzz_cluster.context, Case({"spec": spec}))
     assert (outcome.code, time.monotonic() - started < 1.0) == ("INVALID_ARGUMENT", True)
 
 
-def test_rejected_contributions_do_not_pin_memory(fuzz_cluster: FuzzCluster) -> None:
+@pytest.mark.xfail(strict=True, reason="the ledger keeps every rejection with its node id")
+def test_rejected_contributions_do_not_pin_memory(open_cluster: FuzzCluster) -> None:
     # Every ledger entry keeps the node id it was given, and the ledger keeps every rejection:
     # stale contributions from a node claiming a 1 MiB id cost the aggregator 1 MiB each.
+    # (With authentication on, a node can only name itself, with its 16-character id.)
     def rss() -> int:
         with open("/proc/self/status") as handle:
             line = next(x for x in handle if x.startswith("VmRSS:"))
@@ -349,6 +434,55 @@ def test_rejected_contributions_do_not_pin_memory(fuzz_cluster: FuzzCluster) -> 
     for i in range(100):
         header = {**_HEADER, "job_id": Known("job", 0), "round": 10**6, "base_version": 10**6}
         header["node_id"] = Many("n", (1 << 20) + i)
-        outcome = push(fuzz_cluster.context, PushPlan((Frame({"header": header}),), 10.0))
+        outcome = push(open_cluster.context, Case(PushPlan((Frame({"header": header}),), 10.0)))
         assert outcome.code in ALLOWED_CODES
     assert rss() - before < 40 << 20
+
+
+@pytest.mark.parametrize(
+    "name,body",
+    [
+        ("Aggregator/CloseRound", {"job_id": "h" * 256}),
+        ("Aggregator/GetModel", StreamRead({"job_id": "h" * 256}, 10.0, None)),
+        (
+            "Aggregator/PushGradient",
+            PushPlan((Frame({"header": {**_HEADER, "job_id": "h" * 256, "task_index": 0}}),), 10.0),
+        ),
+    ],
+)
+@pytest.mark.xfail(
+    strict=True, reason="the checkpoint lookup's OSError for a long job id becomes INTERNAL"
+)
+def test_long_job_id_is_not_an_internal_error(
+    fuzz_cluster: FuzzCluster, name: str, body: Any
+) -> None:
+    # An unknown job is looked for among the checkpoints as <checkpoint-dir>/<job-id>/LATEST;
+    # a 256-byte id is past the file system's name limit, and the OSError becomes INTERNAL.
+    outcome = TARGETS[name].run(fuzz_cluster.context, Case(body))
+    assert outcome.code in ALLOWED_CODES, outcome
+
+
+@pytest.mark.xfail(strict=True, reason="job ids are used as checkpoint paths unchecked")
+def test_job_id_stays_inside_the_checkpoint_directory(fuzz_cluster: FuzzCluster) -> None:
+    # The job id is a path component of the checkpoint: "../escaped" checkpoints beside the
+    # checkpoint directory (and an absolute id anywhere the aggregator may write).
+    job_id = "../escaped"
+    escaped = fuzz_cluster.checkpoints.parent / "escaped"
+    spec = common_pb2.JobSpec(
+        model="mlp", dataset="digits", tasks_per_round=1, learning_rate=0.1, optimizer="sgd"
+    )
+    try:
+        fuzz_cluster.context.call(
+            "aggregator", "OpenJob", aggregator_pb2.OpenJobRequest(job_id=job_id, spec=spec)
+        )
+    except grpc.RpcError:
+        return  # refused: nothing can be written for it
+    header = {**_HEADER, "job_id": job_id, "task_index": 0}
+    plan = PushPlan((Frame({"header": header}), Payload("exact", b"\x00", 1 << 20)), 10.0)
+    TARGETS["Aggregator/PushGradient"].run(fuzz_cluster.context, Case(plan))
+    close = aggregator_pb2.CloseRoundRequest(job_id=job_id, round=0, num_tasks=1)
+    try:
+        fuzz_cluster.context.call("aggregator", "CloseRound", close)
+    except grpc.RpcError:
+        pass
+    assert not escaped.exists()
