@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
-from tessera.common.errors import TesseraError
+from tessera.common.errors import InvalidSpec, TesseraError
 from tessera.common.status import code_for
 
 __all__ = [
@@ -155,6 +155,7 @@ def rewrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any],
     wrap_unary_response: Callable[[Behavior], Behavior],
     wrap_stream_response: Callable[[Behavior], Behavior],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler with its behavior wrapped (by response kind), for interceptors."""
     kinds = (
@@ -163,10 +164,42 @@ def rewrap_handler(
         (handler.unary_stream, grpc.unary_stream_rpc_method_handler, wrap_stream_response),
         (handler.stream_stream, grpc.stream_stream_rpc_method_handler, wrap_stream_response),
     )
+    deserializer = request_deserializer or handler.request_deserializer
     for behavior, make, wrap in kinds:
         if behavior is not None:
-            return make(wrap(behavior), handler.request_deserializer, handler.response_serializer)
+            return make(wrap(behavior), deserializer, handler.response_serializer)
     return handler
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request gRPC could not parse, so the handler can answer for it."""
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # gRPC parses requests before any interceptor runs and answers a parse error with INTERNAL;
+    # parsing here instead lets the handler answer INVALID_ARGUMENT.
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's fault
+            return _Undecodable(f"{type(exc).__name__}: {exc}"[:200])
+
+    return parse
+
+
+def _decoded(request: Any) -> Any:
+    """The request, or ``InvalidSpec`` if it could not be parsed (request streams: lazily)."""
+    if isinstance(request, _Undecodable):
+        raise InvalidSpec(f"the request is not a valid message ({request.error})")
+    if hasattr(request, "__next__"):
+        return (_decoded(item) for item in request)
+    return request
 
 
 class _ErrorAndMetricsInterceptor(_ServerInterceptor):
@@ -182,15 +215,22 @@ class _ErrorAndMetricsInterceptor(_ServerInterceptor):
             return None
         method: str = handler_call_details.method
         return rewrap_handler(
-            handler, lambda b: _wrap_unary(b, method), lambda b: _wrap_stream(b, method)
+            handler,
+            lambda b: _wrap_unary(b, method),
+            lambda b: _wrap_stream(b, method),
+            _tolerant(handler.request_deserializer),
         )
 
 
 def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
-    if not context.is_active():
-        # The client went away (cancelled, deadline): whatever broke, nobody is listening.
-        RPCS.labels(method, grpc.StatusCode.CANCELLED.name).inc()
-        return
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= 0
+    if expired or not context.is_active():
+        # The client went away (or its deadline passed, which can also look like a stream that
+        # simply ended): whatever broke, nobody is listening, so nothing is logged.
+        code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        RPCS.labels(method, code.name).inc()
+        context.abort(code, "the call ended before the server answered")
     if isinstance(exc, TesseraError):
         code = code_for(exc)
         message = str(exc)
@@ -206,9 +246,10 @@ def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]
     def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
         try:
-            response = behavior(request, context)
+            response = behavior(_decoded(request), context)
         except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a trace
             _abort(context, method, exc)
+            return None
         finally:
             RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
         RPCS.labels(method, grpc.StatusCode.OK.name).inc()
@@ -221,9 +262,10 @@ def _wrap_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callabl
     def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         started = time.perf_counter()
         try:
-            yield from behavior(request, context)
+            yield from behavior(_decoded(request), context)
         except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a trace
             _abort(context, method, exc)
+            return
         finally:
             RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
         RPCS.labels(method, grpc.StatusCode.OK.name).inc()

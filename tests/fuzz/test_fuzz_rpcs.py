@@ -101,10 +101,6 @@ def _known_issue(record: logging.LogRecord) -> str | None:
     error = record.exc_info[1] if record.exc_info else None
     if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
         return "test_long_job_id_is_not_an_internal_error"
-    if isinstance(error, UnboundLocalError) and "'response'" in str(error):
-        return "test_cut_gradient_stream_is_counted_as_cut"
-    if isinstance(error, grpc.RpcError) and "unexpected error" in record.getMessage():
-        return "test_cut_gradient_stream_is_counted_as_cut"
     return None
 
 
@@ -246,9 +242,6 @@ def test_every_server_still_serves(fuzz_cluster: FuzzCluster) -> None:
     "service,method",
     [(key, m.name) for key, desc in SERVICES.items() for m in desc.methods],
 )
-@pytest.mark.xfail(
-    strict=True, reason="gRPC answers INTERNAL for a request it cannot deserialise (grpc_server.py)"
-)
 def test_undecodable_request_is_invalid_argument(
     fuzz_cluster: FuzzCluster, service: str, method: str
 ) -> None:
@@ -375,10 +368,6 @@ def fresh_job(fuzz_cluster: FuzzCluster) -> str:
             {"RESOURCE_EXHAUSTED", "CANCELLED"},
         ),
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="_abort returns for an inactive context and the wrapper counts OK (grpc_server.py)",
 )
 def test_cut_gradient_stream_is_counted_as_cut(
     fuzz_cluster: FuzzCluster,
