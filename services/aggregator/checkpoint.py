@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from services.aggregator.ledger import Decision, LedgerEntry
 from tessera.common.errors import StoreCorrupt
+from tessera.common.ids import check_id
 
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -49,7 +50,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 def save_checkpoint(directory: Path, job_id: str, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` and make it the job's current one; older versions are removed."""
-    folder = directory / job_id
+    folder = directory / check_id(job_id, "job_id")
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {_MODEL + k: v.detach().contiguous() for k, v in checkpoint.model.items()}
     groups = checkpoint.optimizer["param_groups"]
@@ -79,7 +80,7 @@ def load_checkpoint(directory: Path, job_id: str) -> Checkpoint | None:
     Raises:
         StoreCorrupt: the checkpoint exists but cannot be read.
     """
-    folder = directory / job_id
+    folder = directory / check_id(job_id, "job_id")
     latest = folder / "LATEST"
     if not latest.exists():
         return None

@@ -30,6 +30,7 @@ from services.aggregator.models import Contribution, JobModel, Rejection, settin
 from tessera.common.auth import ClusterKey
 from tessera.common.errors import InvalidSpec, NotFound, QuotaExceeded
 from tessera.common.grpc_auth import require_node
+from tessera.common.ids import check_id
 from tessera.v1 import aggregator_pb2, common_pb2
 from tessera.wire.frames import CHUNK_BYTES, encode_tensors, iter_chunks
 from tessera.wire.stream import chunks_after_header, metas_from_specs, specs_from_metas
@@ -62,9 +63,10 @@ class Aggregator:
         Raises:
             NotFound: no such job here.
         """
+        check_id(job_id, "job_id")
         with self._lock:
             job = self._jobs.get(job_id)
-        if job is None and self._checkpoints is not None and job_id:
+        if job is None and self._checkpoints is not None:
             # After a restart, jobs come back from their checkpoints on first use.
             checkpoint = load_checkpoint(self._checkpoints, job_id)
             if checkpoint is not None:
@@ -78,8 +80,7 @@ class Aggregator:
 
     def open_job(self, job_id: str, spec: common_pb2.JobSpec) -> int:
         """Create the job's model at version 0 (idempotent); return its current version."""
-        if not job_id:
-            raise InvalidSpec("job_id is required")
+        check_id(job_id, "job_id")
         with self._lock:
             existing = self._jobs.get(job_id)
         if existing is not None:
@@ -144,6 +145,8 @@ class Aggregator:
         ):
             raise InvalidSpec("a gradient stream starts with a ContributionHeader")
         h = first.header
+        check_id(h.node_id, "node_id")
+        check_id(h.job_id, "job_id")
         require_node(h.node_id)
         if self._cluster_key is not None:
             self._cluster_key.check_ticket(h.ticket, h.job_id, h.round, h.task_index, h.node_id)

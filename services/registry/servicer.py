@@ -10,16 +10,15 @@ import grpc
 from services.registry.admission import validate_profile
 from services.registry.config import RegistryConfig
 from services.registry.store import NodeStore
-from tessera.common.errors import InvalidSpec
 from tessera.common.grpc_auth import require_node
+from tessera.common.ids import check_id
 from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 __all__ = ["RegistryServicer"]
 
 
 def _require_node_id(node_id: str) -> str:
-    if not node_id:
-        raise InvalidSpec("node_id is required")
+    check_id(node_id, "node_id")
     require_node(node_id)
     return node_id
 

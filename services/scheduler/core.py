@@ -14,7 +14,8 @@ from services.scheduler.jobs import normalize_spec
 from services.scheduler.policies import POLICIES
 from services.scheduler.runner import AggregatorPort, JobRunner, TicketMinter
 from services.scheduler.store import JobStore, NodeView, PatientJobStore
-from tessera.common.errors import Conflict, InvalidSpec, NotFound, NotLeader, StoreUnavailable
+from tessera.common.errors import Conflict, NotFound, NotLeader, StoreUnavailable
+from tessera.common.ids import check_id
 from tessera.common.retry import Backoff
 from tessera.v1 import common_pb2, scheduler_pb2
 
@@ -177,8 +178,7 @@ class SchedulerCore:
             InvalidSpec: empty id.
             NotFound: no such job.
         """
-        if not job_id:
-            raise InvalidSpec("job_id is required")
+        check_id(job_id, "job_id")
         self._require_leader()
         runner = self._runner(job_id)
         return _copy(runner.job) if runner else self._store.get_job(job_id)
@@ -263,8 +263,7 @@ class SchedulerCore:
             InvalidSpec: empty id.
             NotFound: the node is not registered (or its lease expired).
         """
-        if not node_id:
-            raise InvalidSpec("node_id is required")
+        check_id(node_id, "node_id")
         self._require_leader()
         if not self._nodes.contains(node_id):
             raise NotFound(f"node {node_id!r} is not registered (or its lease expired)")
@@ -277,6 +276,8 @@ class SchedulerCore:
             NotFound: no such job.
             Conflict: the job already finished.
         """
+        check_id(request.job_id, "job_id")
+        check_id(request.node_id, "node_id")
         self._require_leader()
         runner = self._runner(request.job_id)
         if runner is None:

@@ -17,6 +17,8 @@ __all__ = [
 
 MAX_ROUNDS = 1_000_000
 MAX_TASKS_PER_ROUND = 100_000
+# The zoo's own bound (tessera.ml.zoo.MAX_HIDDEN_LAYERS), checked here without importing torch.
+MAX_HIDDEN_LAYERS = 64
 _CODECS = ("none", "fp16", "bf16", "int8", "topk")
 STRAGGLER_POLICIES = ("reassign", "drop")
 
@@ -80,6 +82,10 @@ def normalize_spec(spec: common_pb2.JobSpec, known_policies: frozenset[str]) -> 
         )
     if out.codec not in _CODECS:
         raise InvalidSpec(f"unknown codec {out.codec!r}; choose one of: {', '.join(_CODECS)}")
+    if len(out.hidden_sizes) > MAX_HIDDEN_LAYERS:
+        raise InvalidSpec(
+            f"hidden_sizes has {len(out.hidden_sizes)} layers; at most {MAX_HIDDEN_LAYERS}"
+        )
     if len(out.name) > 200:
         raise InvalidSpec(f"name is {len(out.name)} characters; at most 200")
     return out

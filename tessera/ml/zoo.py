@@ -27,6 +27,9 @@ from torch import nn
 from tessera.common.errors import InvalidSpec
 from tessera.ml.datasets import Dataset, DataSource
 
+# Deeper stacks than this are not what the zoo is for, and each layer costs time to build.
+MAX_HIDDEN_LAYERS = 64
+
 __all__ = [
     "MAX_PARAMETERS",
     "MODELS",
@@ -177,6 +180,10 @@ def spec_for_data(
 def _check_spec(spec: ModelSpec) -> None:
     _check_range("in_features", spec.in_features, 1, 1 << 24)
     _check_range("num_classes", spec.num_classes, 1, 1 << 20)
+    if len(spec.hidden_sizes) > MAX_HIDDEN_LAYERS:
+        raise InvalidSpec(
+            f"hidden_sizes has {len(spec.hidden_sizes)} layers; at most {MAX_HIDDEN_LAYERS}"
+        )
     for size in spec.hidden_sizes:
         if not 1 <= size <= 65536:
             raise InvalidSpec(f"hidden size ({size}) must be in [1, 65536]")

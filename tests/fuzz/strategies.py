@@ -735,7 +735,7 @@ def push_plans(limits: Limits) -> st.SearchStrategy[PushPlan]:
             "job_id": mostly(known("job"), texts(limits)),
             "round": mostly(st.just(Current()), uint32),
             "task_index": mostly(st.integers(0, 63), uint32),
-            "node_id": st.one_of(texts(limits), known("node")),
+            "node_id": mostly(known("node"), texts(limits)),
             "base_version": mostly(st.just(Current()), uint64),
             "samples": mostly(st.integers(1, 10_000), uint64),
             "loss": doubles(),

@@ -47,3 +47,11 @@ def test_codec_names_agree_with_the_codec_registry() -> None:
     from tessera.wire.codecs import CODECS
 
     assert set(jobs._CODECS) == set(CODECS)
+
+
+def test_the_layer_bound_matches_the_zoo() -> None:
+    from tessera.ml.zoo import MAX_HIDDEN_LAYERS
+
+    assert jobs.MAX_HIDDEN_LAYERS == MAX_HIDDEN_LAYERS
+    with pytest.raises(InvalidSpec, match="hidden_sizes has 65 layers; at most 64"):
+        jobs.normalize_spec(common_pb2.JobSpec(hidden_sizes=[1] * 65), POLICIES)
