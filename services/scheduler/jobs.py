@@ -19,6 +19,8 @@ MAX_ROUNDS = 1_000_000
 MAX_TASKS_PER_ROUND = 100_000
 # The zoo's own bound (tessera.ml.zoo.MAX_HIDDEN_LAYERS), checked here without importing torch.
 MAX_HIDDEN_LAYERS = 64
+# A week: longer waits are mistakes, and unbounded ones overflow the clock's range.
+MAX_WAIT = 7 * 86400.0
 _CODECS = ("none", "fp16", "bf16", "int8", "topk")
 STRAGGLER_POLICIES = ("reassign", "drop")
 
@@ -64,10 +66,16 @@ def normalize_spec(spec: common_pb2.JobSpec, known_policies: frozenset[str]) -> 
         raise InvalidSpec(f"learning_rate ({out.learning_rate}) must be > 0")
     if not (math.isfinite(out.target_accuracy) and 0 <= out.target_accuracy <= 1):
         raise InvalidSpec(f"target_accuracy ({out.target_accuracy}) must be in [0, 1]")
-    if not (math.isfinite(out.task_timeout_seconds) and out.task_timeout_seconds > 0):
-        raise InvalidSpec(f"task_timeout_seconds ({out.task_timeout_seconds}) must be > 0")
-    if not (math.isfinite(out.round_deadline_seconds) and out.round_deadline_seconds >= 0):
-        raise InvalidSpec(f"round_deadline_seconds ({out.round_deadline_seconds}) must be >= 0")
+    if not (math.isfinite(out.task_timeout_seconds) and 0 < out.task_timeout_seconds <= MAX_WAIT):
+        raise InvalidSpec(
+            f"task_timeout_seconds ({out.task_timeout_seconds}) must be in (0, {MAX_WAIT:g}]"
+        )
+    if not (
+        math.isfinite(out.round_deadline_seconds) and 0 <= out.round_deadline_seconds <= MAX_WAIT
+    ):
+        raise InvalidSpec(
+            f"round_deadline_seconds ({out.round_deadline_seconds}) must be in [0, {MAX_WAIT:g}]"
+        )
     if not (math.isfinite(out.quorum) and 0 < out.quorum <= 1):
         raise InvalidSpec(f"quorum ({out.quorum}) must be in (0, 1]")
     if out.straggler_policy not in STRAGGLER_POLICIES:

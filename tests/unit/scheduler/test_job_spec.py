@@ -36,6 +36,7 @@ def test_hyphenated_policy_names_are_accepted() -> None:
         (common_pb2.JobSpec(rounds=10**7), "rounds (10000000) must be <= 1000000"),
         (common_pb2.JobSpec(tasks_per_round=10**6), "tasks_per_round (1000000)"),
         (common_pb2.JobSpec(task_timeout_seconds=float("nan")), "task_timeout_seconds"),
+        (common_pb2.JobSpec(round_deadline_seconds=1e300), "round_deadline_seconds (1e+300)"),
     ],
 )
 def test_bad_fields_are_named(spec: common_pb2.JobSpec, fragment: str) -> None:
