@@ -15,6 +15,12 @@ price-weighted time is smallest, and different price vectors give different near
 schedules. The last quarter of the budget is an iterated local search on the best schedule
 (H. R. Lourenco, O. C. Martin and T. Stutzle, "Iterated local search", Handbook of
 Metaheuristics, 2003) that kicks a few tasks and descends again.
+
+The work scales with the instance: the price ascent does a few updates per task and stops when
+the prices only revisit known schedules, tiny instances keep a smaller population, and a run
+ends early once its best schedule meets a lower bound or stops improving for a number of
+generations proportional to the instance size, so that a scheduler re-planning small batches
+pays milliseconds rather than the full budget.
 """
 
 from __future__ import annotations
@@ -42,6 +48,15 @@ __all__ = ["Genetic", "local_search", "price_directed_schedules"]
 
 _RELATIVE_GAIN = 1e-12
 """A step must lower the makespan by this fraction, so rounding noise cannot cause cycles."""
+
+_PRICE_UPDATES_PER_TASK = 4
+"""Price updates per task at most; 2048 for the 512 tasks of a Braun instance."""
+
+_PRICE_UPDATES_PER_GENERATION = 10
+"""Price updates per generation of the budget at most; 2000 for the default 200 generations."""
+
+_PRICE_STALL = 25
+"""The price ascent stops once this many updates in a row induce only schedules already seen."""
 
 
 def _loads(cost: FloatArray, machine_of_task: IntArray) -> FloatArray:
@@ -112,20 +127,28 @@ def local_search(
 
 
 def price_directed_schedules(
-    cost: FloatArray, iterations: int, keep: int, deadline: float | None = None
+    cost: FloatArray,
+    iterations: int,
+    keep: int,
+    deadline: float | None = None,
+    stall: int | None = None,
 ) -> tuple[list[IntArray], float]:
     """Build schedules from machine prices found by ascent on the LP dual.
 
     For prices ``p`` on the simplex, sending each task to ``argmin_m p[m] * cost[t, m]`` gives
     the dual value ``sum_t min_m p[m] * cost[t, m]``, a lower bound on the makespan. Prices rise
     multiplicatively on machines loaded above the mean (step ``1 / sqrt(k)``), which drives the
-    induced schedules towards balance.
+    induced schedules towards balance (the multiplicative-weights method; S. Arora, E. Hazan and
+    S. Kale, "The multiplicative weights update method: a meta-algorithm and applications",
+    Theory of Computing 8:121-164, 2012).
 
     Args:
         cost: Shape (n, M), ``inf`` where infeasible; every row has a finite entry.
-        iterations: Number of price updates.
+        iterations: Largest number of price updates.
         keep: How many of the induced schedules with the smallest makespans to return.
         deadline: ``time.perf_counter()`` value after which no further update starts.
+        stall: Stop once this many updates in a row induce no schedule seen before: the prices
+            have settled into a cycle among known schedules. None never stops early.
 
     Returns:
         The schedules, best first, and the largest dual value seen (a lower bound).
@@ -134,22 +157,30 @@ def price_directed_schedules(
     tasks = np.arange(n)
     prices = np.full(machines, 1.0 / machines)
     found: dict[bytes, tuple[float, IntArray]] = {}
+    seen: set[bytes] = set()
+    repeated = 0
     bound = 0.0
     for k in range(iterations):
         if deadline is not None and k and time.perf_counter() > deadline:
             break
         weighted = cost * prices
         choice = weighted.argmin(axis=1)
-        bound = max(bound, float(weighted[tasks, choice].sum()))
-        loads = np.bincount(choice, weights=cost[tasks, choice], minlength=machines)
-        makespan = float(loads.max())
+        chosen = cost[tasks, choice]
+        bound = max(bound, float((chosen * prices[choice]).sum()))
+        loads = np.bincount(choice, weights=chosen, minlength=machines)
         key = choice.tobytes()
-        if key not in found:
-            found[key] = (makespan, choice)
+        if key in seen:
+            repeated += 1
+            if stall is not None and repeated >= stall:
+                break
+        else:
+            seen.add(key)
+            repeated = 0
+            found[key] = (float(loads.max()), choice)
             if len(found) > 4 * keep:
                 worst = max(found, key=lambda item: found[item][0])
                 del found[worst]
-        mean = loads.mean()
+        mean = float(loads.sum()) / machines
         if mean <= 0:
             break
         prices = prices * np.exp((loads / mean - 1.0) / np.sqrt(k + 1.0))
@@ -163,11 +194,14 @@ class Genetic:
     """Memetic GA seeded with greedy and price-directed schedules; see the module docstring.
 
     Args:
-        population_size: Number of schedules kept (at least 3, for the greedy seeds).
+        population_size: Number of schedules kept (at least 3, for the greedy seeds); an
+            instance with fewer tasks keeps one schedule per task, but at least 3.
         tournament_size: Schedules compared when picking a parent.
         mutation_tasks: Tasks moved to a random feasible machine in each offspring.
         kick_tasks: Tasks moved at random in each iterated-local-search kick.
-        price_iterations: Price updates used to build the initial population.
+        price_iterations: Most price updates used to build the initial population. A run does
+            at most 4 per task and 10 per generation of its budget, and stops once the prices
+            only induce schedules already seen.
         default_generations: Generations run when the budget sets neither limit.
         intensification: Fraction of the budget spent on the iterated local search at the end.
 
@@ -219,9 +253,12 @@ class Genetic:
         The run stops after ``budget.generations`` generations or ``budget.time_limit`` seconds,
         whichever comes first (``default_generations`` when neither is set); the last
         ``intensification`` share of either is spent on iterated-local-search kicks, one per
-        generation. The greedy seeds are always built, so a time limit shorter than they take is
-        exceeded. The result is never worse than the Min-min, Sufferage and LPT schedules. With
-        only a generation limit the result depends on nothing but the input and ``budget.seed``.
+        generation. It stops sooner when the best schedule meets a lower bound (it is optimal)
+        or when T x M generations in a row (T tasks, M machines) bring no gain in a phase, which
+        only happens on small instances. The greedy seeds are always built, so a time limit
+        shorter than they take is exceeded. The result is never worse than the Min-min,
+        Sufferage and LPT schedules. With only a generation limit the result depends on nothing
+        but the input and ``budget.seed``.
 
         Raises:
             InvalidSpec: ``etc`` or ``feasible`` is malformed.
@@ -237,6 +274,7 @@ class Genetic:
 
     def _evolve(self, cost: FloatArray, budget: Budget, started: float) -> IntArray:
         rng = np.random.default_rng(budget.seed)
+        n, m = cost.shape
         generations = budget.generations
         if generations is None and budget.time_limit is None:
             generations = self.default_generations
@@ -253,46 +291,77 @@ class Genetic:
                 used = max(used, elapsed / time_limit if time_limit else 1.0)
             return used
 
-        population = self._initial_population(
-            cost, rng, None if time_limit is None else started + 0.3 * time_limit
+        # The price ascent gets about as much work as the generations that follow, and a few
+        # updates per task suffice: more only revisit the same schedules.
+        price_updates = min(self.price_iterations, _PRICE_UPDATES_PER_TASK * n)
+        if generations is not None:
+            price_updates = min(price_updates, _PRICE_UPDATES_PER_GENERATION * generations)
+        population, bound = self._initial_population(
+            cost,
+            rng,
+            price_updates,
+            None if time_limit is None else started + 0.3 * time_limit,
         )
         fitness = np.array([_loads(cost, member).max() for member in population])
-        while spent() < 1.0 - self.intensification:
+        # A schedule that meets a lower bound is optimal, and on a small instance n * m
+        # generations in a row without a gain (each ending in a full local search) mean the
+        # search has run dry; either ends the run before the budget does.
+        bound = max(bound, float(cost.min(axis=1).max()))
+        patience = n * m
+        best = float(fitness.min())
+        stalled = 0
+        proven = bound * (1 + _RELATIVE_GAIN)
+        while best > proven and stalled < patience and spent() < 1.0 - self.intensification:
             child = self._offspring(cost, population, fitness, rng)
             child_loads = _loads(cost, child)
             local_search(cost, child, child_loads)
             worst = int(fitness.argmax())
-            makespan = child_loads.max()
-            if makespan < fitness[worst] and not np.isin(makespan, fitness):
+            makespan = float(child_loads.max())
+            if makespan < fitness[worst] and not (fitness == makespan).any():
                 population[worst] = child
                 fitness[worst] = makespan
+            stalled = 0 if makespan < best else stalled + 1
+            best = min(best, makespan)
             generation += 1
-        best = population[int(fitness.argmin())].copy()
-        best_loads = _loads(cost, best)
-        while spent() < 1.0:
-            self._kick(cost, best, best_loads, rng)
+        leader = population[int(fitness.argmin())].copy()
+        leader_loads = _loads(cost, leader)
+        stalled = 0
+        while best > proven and stalled < patience and spent() < 1.0:
+            self._kick(cost, leader, leader_loads, rng)
+            makespan = float(leader_loads.max())
+            stalled = 0 if makespan < best else stalled + 1
+            best = min(best, makespan)
             generation += 1
-        return best
+        return leader
 
     def _initial_population(
-        self, cost: FloatArray, rng: np.random.Generator, deadline: float | None
-    ) -> list[IntArray]:
+        self,
+        cost: FloatArray,
+        rng: np.random.Generator,
+        price_updates: int,
+        deadline: float | None,
+    ) -> tuple[list[IntArray], float]:
+        """Return the local optima of the seeds and mutated copies, and the price lower bound.
+
+        Tiny instances get at most one schedule per task (but at least the three greedy seeds).
+        """
+        size = min(self.population_size, max(3, cost.shape[0]))
         seeds = [policy.solve(cost) for policy in (MinMin(), Sufferage(), Lpt())]
-        priced, _ = price_directed_schedules(
-            cost, self.price_iterations, self.population_size, deadline
+        priced, bound = price_directed_schedules(
+            cost, price_updates, size, deadline, stall=_PRICE_STALL
         )
         seeds.extend(priced)
         population: list[IntArray] = []
-        for seed in seeds[: self.population_size]:
+        for seed in seeds[:size]:
             loads = _loads(cost, seed)
             local_search(cost, seed, loads)
             population.append(seed)
-        while len(population) < self.population_size:
+        while len(population) < size:
             copy = population[len(population) % len(seeds)].copy()
             _mutate(cost, copy, rng, max(1, copy.size // 20))
             local_search(cost, copy, _loads(cost, copy))
             population.append(copy)
-        return population
+        return population, bound
 
     def _offspring(
         self,

@@ -13,9 +13,13 @@
 * Round robin: the baseline that ignores the ETC values.
 
 Every policy works on a cost matrix with ``inf`` at infeasible pairs, so feasibility needs no
-special cases. None rescans the whole matrix per step: Min-min keeps every column sorted with a
-lazy cursor per machine, and Max-min and Sufferage keep each task's shortlist of fast machines,
-rescanning a row only when the shortlist can no longer prove which machines are best.
+special cases. None rescans the whole matrix per step, and all give exactly the textbook result
+(ties to the lowest task, then the lowest machine). Min-min keeps every column sorted with a
+lazy cursor per machine. Max-min keeps an upper bound on each task's earliest completion time
+and rescans a task only when its bound could be the largest. Sufferage keeps each task's
+shortlist of fast machines; on a cost matrix whose rows are sorted (consistent, machines
+fastest first) it instead uses that only machines less loaded than faster ones can be a task's
+best two, and that idle machines rank alike for every task.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from services.scheduler.policies.base import (
     make_assignment,
     validate_etc,
 )
+
+_RESCAN_BLOCK = 64
+"""Max-min rescans stale tasks at once up to this many; more are only marked inexact."""
 
 __all__ = [
     "GreedyPolicy",
@@ -232,29 +239,81 @@ class MaxMin(GreedyPolicy):
     """Max-min: repeatedly place the task with the largest earliest completion time.
 
     Ties go to the lowest task index, then the lowest machine index.
+
+    Ready times only grow, so a task's time on any machine bounds its earliest completion time
+    from above, and equals it while that machine is its best and no busier than when checked.
+    A task whose best machine gets busier is not rescanned but only marked inexact, with its
+    time on that machine and on the least-loaded machine as the bound. If the largest bound
+    belongs to an exact task, that task has the largest earliest completion time, and the
+    lowest index among equal ones since an earlier task with an equal time would have at least
+    that bound; so only inexact tasks whose bound reaches the best exact value are rescanned.
     """
 
     name: ClassVar[str] = "max_min"
 
     def solve(self, cost: FloatArray) -> IntArray:
         """Map tasks to machines; see :meth:`GreedyPolicy.solve`."""
-        n = cost.shape[0]
-        ready = np.zeros(cost.shape[1])
-        shortlist = _Shortlist(cost)
-        everyone = np.arange(n)
-        best_machine, best_time, _, _ = shortlist.best_two(everyone, ready)
+        n, m = cost.shape
+        ready = np.zeros(m)
+        best = cost.argmin(axis=1)
+        finish = cost[np.arange(n), best]
+        exact = np.ones(n, dtype=np.bool_)
+        loose = 0
+        columns: FloatArray | None = None
         result = np.empty(n, dtype=np.int64)
+
+        # With sorted rows a task's best machine is less loaded than every faster machine (a
+        # faster machine that is no busier finishes no later and wins ties), so only those few
+        # need a look.
+        sorted_rows = _rows_sorted(cost)
+
+        def rescan(tasks: IntArray) -> None:
+            if sorted_rows:
+                machines = np.flatnonzero(_records(ready))
+                rows = cost[np.ix_(tasks, machines)] + ready[machines]
+                where = rows.argmin(axis=1)
+                best[tasks] = machines[where]
+            else:
+                rows = cost[tasks] + ready
+                where = rows.argmin(axis=1)
+                best[tasks] = where
+            finish[tasks] = rows[np.arange(tasks.size), where]
+            exact[tasks] = True
+
         for _ in range(n):
-            task = int(best_time.argmax())
-            machine = int(best_machine[task])
+            if loose and columns is not None:
+                idle = int(ready.argmin())
+                bound = np.minimum(finish, columns[idle] + ready[idle])
+                task = int(bound.argmax())
+                while not exact[task]:
+                    top = np.where(exact, bound, -np.inf).max()
+                    loose_tasks = np.flatnonzero((bound >= top) & ~exact)
+                    if loose_tasks.size > _RESCAN_BLOCK:
+                        keep = np.argpartition(bound[loose_tasks], -_RESCAN_BLOCK)[-_RESCAN_BLOCK:]
+                        loose_tasks = loose_tasks[keep]
+                    rescan(loose_tasks)
+                    loose -= loose_tasks.size
+                    bound[loose_tasks] = finish[loose_tasks]
+                    task = int(bound.argmax())
+            else:
+                task = int(finish.argmax())
+            machine = int(best[task])
             result[task] = machine
             ready[machine] += cost[task, machine]
-            best_time[task] = -np.inf
-            best_machine[task] = -1
-            # Only tasks whose best machine just got busier can have a new best machine.
-            stale = np.flatnonzero(best_machine == machine)
-            if stale.size:
-                best_machine[stale], best_time[stale], _, _ = shortlist.best_two(stale, ready)
+            finish[task] = -np.inf
+            best[task] = -1
+            stale = np.flatnonzero(best == machine)
+            if stale.size == 0:
+                continue
+            if stale.size <= _RESCAN_BLOCK:
+                loose -= stale.size - int(np.count_nonzero(exact[stale]))
+                rescan(stale)
+            else:
+                if columns is None:
+                    columns = np.ascontiguousarray(cost.T)
+                loose += int(np.count_nonzero(exact[stale]))
+                finish[stale] = columns[machine][stale] + ready[machine]
+                exact[stale] = False
         return result
 
 
@@ -264,42 +323,282 @@ class Sufferage(GreedyPolicy):
     A pass considers the tasks that complete earliest on a machine and gives it the one whose
     sufferage (second-best minus best completion time) is largest. Ties go to the lowest task
     index. A task with a single feasible machine suffers infinitely.
+
+    When every row of the cost matrix is non-decreasing (a consistent matrix with its machines
+    in speed order, as Braun et al. generate them) a faster path is exact; see
+    :func:`_sufferage_sorted`.
     """
 
     name: ClassVar[str] = "sufferage"
 
     def solve(self, cost: FloatArray) -> IntArray:
         """Map tasks to machines; see :meth:`GreedyPolicy.solve`."""
-        n, m = cost.shape
-        ready = np.zeros(m)
-        shortlist = _Shortlist(cost)
-        first, first_time, second, second_time = shortlist.best_two(np.arange(n), ready)
-        pending = np.ones(n, dtype=np.bool_)
-        result = np.empty(n, dtype=np.int64)
-        while True:
-            tasks = np.flatnonzero(pending)
-            if tasks.size == 0:
-                return result
-            with np.errstate(invalid="ignore"):
-                suffer = second_time[tasks] - first_time[tasks]
-            # Group by best machine; inside a group the largest sufferage, then lowest index, wins.
-            order = np.lexsort((tasks, -suffer, first[tasks]))
-            grouped = first[tasks[order]]
-            leaders = np.ones(order.size, dtype=np.bool_)
-            leaders[1:] = grouped[1:] != grouped[:-1]
-            winners = tasks[order[leaders]]
-            won = first[winners]
-            result[winners] = won
-            ready[won] += cost[winners, won]
-            pending[winners] = False
-            changed = np.zeros(m, dtype=np.bool_)
-            changed[won] = True
-            # Only tasks whose two best machines include a busier one can change their ranking.
-            stale = np.flatnonzero(pending & (changed[first] | changed[second]))
-            if stale.size:
-                first[stale], first_time[stale], second[stale], second_time[stale] = (
-                    shortlist.best_two(stale, ready)
+        if _rows_sorted(cost):
+            return _sufferage_sorted(cost)
+        return _sufferage_shortlist(cost)
+
+
+def _pass_winners(tasks: IntArray, first: IntArray, suffer: FloatArray, m: int) -> IntArray:
+    """Return, for every machine that is some task's first, the task that suffers most.
+
+    Equal sufferages go to the lowest task index; the result is sorted by machine.
+    """
+    best = np.full(m, -np.inf)
+    np.maximum.at(best, first, suffer)
+    top = suffer == best[first]
+    none = np.iinfo(np.int64).max
+    pick = np.full(m, none)
+    np.minimum.at(pick, first[top], tasks[top])
+    winners: IntArray = pick[pick != none]
+    return winners
+
+
+def _sufferage_shortlist(cost: FloatArray) -> IntArray:
+    """Sufferage on any cost matrix: each task's two best machines come from a shortlist."""
+    n, m = cost.shape
+    ready = np.zeros(m)
+    shortlist = _Shortlist(cost)
+    first, first_time, second, second_time = shortlist.best_two(np.arange(n), ready)
+    pending = np.ones(n, dtype=np.bool_)
+    result = np.empty(n, dtype=np.int64)
+    while True:
+        tasks = np.flatnonzero(pending)
+        if tasks.size == 0:
+            return result
+        with np.errstate(invalid="ignore"):
+            suffer = second_time[tasks] - first_time[tasks]
+        winners = _pass_winners(tasks, first[tasks], suffer, m)
+        won = first[winners]
+        result[winners] = won
+        ready[won] += cost[winners, won]
+        pending[winners] = False
+        changed = np.zeros(m, dtype=np.bool_)
+        changed[won] = True
+        # Only tasks whose two best machines include a busier one can change their ranking.
+        stale = np.flatnonzero(pending & (changed[first] | changed[second]))
+        if stale.size:
+            first[stale], first_time[stale], second[stale], second_time[stale] = shortlist.best_two(
+                stale, ready
+            )
+
+
+def _rows_sorted(cost: FloatArray) -> bool:
+    """Whether every row of ``cost`` is non-decreasing (machines listed fastest first)."""
+    if cost.shape[0] == 0 or cost.shape[1] < 2:
+        return True
+    # One row first: most unsorted matrices are rejected without a pass over all of them.
+    if not (cost[0, 1:] >= cost[0, :-1]).all():
+        return False
+    return bool((cost[:, 1:] >= cost[:, :-1]).all())
+
+
+def _records(ready: FloatArray) -> BoolArray:
+    """Machines less loaded than every machine with a lower index."""
+    earlier = np.full(ready.size, np.inf)
+    np.minimum.accumulate(ready[:-1], out=earlier[1:])
+    record: BoolArray = ready < earlier
+    return record
+
+
+def _runner_ups(ready: FloatArray) -> tuple[IntArray, IntArray]:
+    """Machines that can be second best only behind one record, and that record.
+
+    With sorted cost rows a machine with a lower index that is no busier finishes every task no
+    later and wins ties. So a machine is a task's best only if it is a record (less loaded than
+    every machine before it), and second best only if it is a record or exactly one machine
+    before it is no busier, which is then the last record before it and must be the task's
+    best. Returned in increasing order of machine, hence of record.
+    """
+    m = ready.size
+    record = _records(ready)
+    last = np.where(record, np.arange(m), -1)
+    last_record = np.full(m, -1)
+    np.maximum.accumulate(last[:-1], out=last_record[1:])
+    earlier = np.full(m, np.inf)
+    np.minimum.accumulate(ready[:-1], out=earlier[1:])
+    # The record before the last one: the running minimum just before the last record.
+    record_before = np.where(last_record >= 0, earlier[np.maximum(last_record, 0)], np.inf)
+    others = np.where(record, np.inf, ready)
+    other_earlier = np.full(m, np.inf)
+    np.minimum.accumulate(others[:-1], out=other_earlier[1:])
+    runner_up = ~record & (ready < other_earlier) & (ready < record_before)
+    machines = np.flatnonzero(runner_up)
+    owners: IntArray = last_record[machines]
+    return machines, owners
+
+
+def _best_two(
+    times: FloatArray, machines: IntArray
+) -> tuple[IntArray, FloatArray, IntArray, FloatArray]:
+    """Best and runner-up machine and time per column of ``times`` (rows follow ``machines``).
+
+    ``machines`` is increasing, so equal times go to the lower machine index. With one machine
+    the runner-up is that machine at ``inf``. ``times`` is modified.
+    """
+    where = np.arange(times.shape[1])
+    best = times.argmin(axis=0)
+    best_time = times[best, where]
+    times[best, where] = np.inf
+    runner = times.argmin(axis=0)
+    return machines[best], best_time, machines[runner], times[runner, where]
+
+
+def _settle_best_two(
+    columns: FloatArray,
+    ready: FloatArray,
+    tasks: IntArray,
+    records: IntArray,
+    times: FloatArray,
+    first: IntArray,
+    first_time: FloatArray,
+    second: IntArray,
+    second_time: FloatArray,
+) -> None:
+    """Store the exact best two machines of ``tasks`` when every row of costs is sorted.
+
+    ``times`` holds the tasks' times on the ``records`` (one column per task) and is modified.
+    The best machine is a record; the runner-up is a record or a runner-up of the best one
+    (see :func:`_runner_ups`), which only the tasks whose best owns runner-ups need to check.
+    """
+    if tasks.size == 0:
+        return
+    best, best_time, runner, runner_time = _best_two(times, records)
+    machines, owners = _runner_ups(ready)
+    if machines.size:
+        low = np.searchsorted(owners, best, side="left")
+        count = np.searchsorted(owners, best, side="right") - low
+        if count.any():
+            row = np.repeat(np.arange(tasks.size), count)
+            offset = np.arange(row.size) - np.repeat(np.cumsum(count) - count, count)
+            candidate = machines[np.repeat(low, count) + offset]
+            candidate_time = columns[candidate, tasks[row]] + ready[candidate]
+            lowest = np.full(tasks.size, np.inf)
+            np.minimum.at(lowest, row, candidate_time)
+            hit = candidate_time == lowest[row]
+            lowest_at = np.full(tasks.size, ready.size)
+            np.minimum.at(lowest_at, row[hit], candidate[hit])
+            better = (lowest < runner_time) | ((lowest == runner_time) & (lowest_at < runner))
+            runner[better] = lowest_at[better]
+            runner_time[better] = lowest[better]
+    first[tasks] = best
+    first_time[tasks] = best_time
+    second[tasks] = runner
+    second_time[tasks] = runner_time
+
+
+def _sufferage_sorted(cost: FloatArray) -> IntArray:
+    """Sufferage on a cost matrix whose rows are all non-decreasing; same result, less work.
+
+    Such a matrix (consistent, machines fastest first) makes every task rank idle machines alike,
+    and each pass loads the machine that is almost every task's best, so the general method
+    would recompute nearly every task. Two facts avoid that. First, a machine preceded by two
+    machines that are no busier is never a task's best or second best (:func:`_runner_ups`);
+    in particular no machine is anyone's best while a faster one is idle, so the busy machines
+    are always the fastest ones. Second, on an idle machine a task takes exactly its ETC, so the
+    first two idle machines are every task's two best idle ones, and they are its two best
+    overall as long as a lower bound on its time on the busy machines is not below them; ready
+    times only grow, so the bound stays valid and only drops when a machine turns busy. Tasks
+    that pass this test need no other work; the others keep their exact best two, recomputed
+    over the few candidate machines only when one of those two machines gets busier.
+    """
+    n, m = cost.shape
+    columns = np.ascontiguousarray(cost.T)
+    ready = np.zeros(m)
+    first = np.zeros(n, dtype=np.int64)
+    first_time = np.zeros(n)
+    second = np.zeros(n, dtype=np.int64)
+    second_time = np.zeros(n)
+    on_idle = np.zeros(n, dtype=np.bool_)
+    busy_bound = np.full(n, np.inf)
+    pending = np.ones(n, dtype=np.bool_)
+    result = np.empty(n, dtype=np.int64)
+    stale = np.arange(n)
+    idle_moved = True
+    idle = 0
+    idle_time = after_time = gap = np.zeros(n)
+    remaining = n
+    while remaining:
+        if idle_moved:
+            # Every task on the old idle pair, and every stale one, is tested on the new pair.
+            while idle < m and ready[idle] > 0:
+                idle += 1
+            check_mask = on_idle & pending
+            check_mask[stale] = True
+            on_idle[:] = False
+            if idle < m:
+                idle_time = columns[idle]
+                after_time = columns[idle + 1] if idle + 1 < m else np.full(n, np.inf)
+                with np.errstate(invalid="ignore"):
+                    # inf - inf only where the idle machine cannot take the task at all.
+                    gap = after_time - idle_time
+                fits = (idle_time < busy_bound) & (after_time <= busy_bound)
+                on_idle = check_mask & fits
+                check_mask &= ~fits
+            need = np.flatnonzero(check_mask)
+        else:
+            # The idle pair and the bounds are unchanged: only stale tasks may join it.
+            need = stale
+            if idle < m and stale.size:
+                fits = (idle_time[stale] < busy_bound[stale]) & (
+                    after_time[stale] <= busy_bound[stale]
                 )
+                on_idle[stale[fits]] = True
+                need = stale[~fits]
+        if need.size:
+            records = np.flatnonzero(_records(ready))
+            times = columns[records[:, None], need] + ready[records][:, None]
+            if idle < m:
+                # Make the bound exact (every busy machine is beaten by a busy record); where it
+                # now proves the idle pair, that is all to do.
+                busy = ready[records] > 0
+                busy_bound[need] = np.where(busy[:, None], times, np.inf).min(axis=0)
+                back = (idle_time[need] < busy_bound[need]) & (after_time[need] <= busy_bound[need])
+                on_idle[need[back]] = True
+                need = need[~back]
+                times = times[:, ~back]
+            _settle_best_two(
+                columns, ready, need, records, times, first, first_time, second, second_time
+            )
+        others = np.flatnonzero(pending & ~on_idle)
+        with np.errstate(invalid="ignore"):
+            suffer = second_time[others] - first_time[others]
+        group = first[others]
+        if idle < m and on_idle.any():
+            # All tasks on the idle pair share one group; only its best member can win it.
+            top = int(np.where(on_idle, gap, -np.inf).argmax())
+            others = np.append(others, top)
+            group = np.append(group, idle)
+            suffer = np.append(suffer, gap[top])
+        winners = _pass_winners(others, group, suffer, m)
+        won = np.where(on_idle[winners], idle, first[winners])
+        turned = won[ready[won] == 0]
+        result[winners] = won
+        ready[won] += cost[winners, won]
+        pending[winners] = False
+        on_idle[winners] = False
+        remaining -= winners.size
+        turned = turned[ready[turned] > 0]
+        idle_moved = turned.size > 0
+        for machine in turned.tolist():
+            np.minimum(busy_bound, columns[machine] + ready[machine], out=busy_bound)
+        changed = np.zeros(m, dtype=np.bool_)
+        changed[won] = True
+        others = np.flatnonzero(pending & ~on_idle)
+        stale = others[changed[first[others]] | changed[second[others]]]
+        # A best machine that got busier but still beats the unchanged runner-up stays best.
+        best = first[stale]
+        moved = changed[best] & ~changed[second[stale]]
+        if moved.any():
+            kept = stale[moved]
+            now = columns[best[moved], kept] + ready[best[moved]]
+            stays = (now < second_time[kept]) | (
+                (now == second_time[kept]) & (best[moved] < second[kept])
+            )
+            first_time[kept[stays]] = now[stays]
+            settled = np.zeros(stale.size, dtype=np.bool_)
+            settled[np.flatnonzero(moved)[stays]] = True
+            stale = stale[~settled]
+    return result
 
 
 class Lpt(GreedyPolicy):

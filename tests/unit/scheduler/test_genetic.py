@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,54 @@ def test_price_bound_is_a_lower_bound() -> None:
     assert 0 < bound <= lp_lower_bound(etc) * (1 + 1e-9)
     assert 1 <= len(schedules) <= 3
     assert all(schedule.shape == (60,) for schedule in schedules)
+
+
+def tiny(seed: int) -> np.ndarray:
+    return generate_etc(
+        8,
+        4,
+        consistency="inconsistent",
+        task_heterogeneity="high",
+        machine_heterogeneity="high",
+        seed=seed,
+    )
+
+
+def test_price_ascent_stops_once_the_prices_settle() -> None:
+    # Without the stall rule a million updates would run into the deadline.
+    started = time.perf_counter()
+    schedules, bound = price_directed_schedules(
+        tiny(0), iterations=1_000_000, keep=3, deadline=started + 3.0, stall=25
+    )
+    assert time.perf_counter() - started < 1.0
+    assert schedules and 0 < bound
+
+
+def test_small_batches_are_planned_in_milliseconds() -> None:
+    # The live scheduler re-plans small rounds with ten generations.
+    times = []
+    for seed in range(5):
+        started = time.perf_counter()
+        Genetic().assign(tiny(seed), budget=Budget(generations=10))
+        times.append(time.perf_counter() - started)
+    assert float(np.median(times)) < 0.025
+
+
+def test_a_small_batch_does_not_use_up_its_time_limit() -> None:
+    etc = tiny(1)
+    started = time.perf_counter()
+    result = Genetic().assign(etc, budget=Budget(time_limit=5.0))
+    assert time.perf_counter() - started < 1.0
+    assert result.makespan <= MinMin().assign(etc).makespan
+
+
+def test_a_schedule_that_meets_the_lower_bound_ends_the_run() -> None:
+    # Task 0 takes at least 50 anywhere, and the others fit beside it on the second machine.
+    etc = np.array([[50.0, 60.0], [1.0, 2.0], [2.0, 1.0], [1.0, 1.0]])
+    started = time.perf_counter()
+    result = Genetic().assign(etc, budget=Budget(time_limit=5.0))
+    assert time.perf_counter() - started < 1.0
+    assert result.makespan == 50.0
 
 
 @pytest.mark.parametrize(

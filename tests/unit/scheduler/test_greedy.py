@@ -1,4 +1,4 @@
-"""Greedy policies: known answers, the Braun Min-min column, tie rules and feasibility."""
+"""Greedy policies: known answers, the Braun Min-min column, textbook equality, ties and masks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from services.scheduler.etc import makespan, read_etc
+from services.scheduler.etc import Consistency, generate_etc, makespan, read_etc
 from services.scheduler.policies.base import StatusCode
 from services.scheduler.policies.greedy import (
     GreedyPolicy,
@@ -142,6 +142,66 @@ def test_fast_policies_match_textbook_versions(seed: int) -> None:
     assert MinMin().solve(cost).tolist() == naive_min_min(cost, largest_first=False)
     assert MaxMin().solve(cost).tolist() == naive_min_min(cost, largest_first=True)
     assert Sufferage().solve(cost).tolist() == naive_sufferage(cost)
+
+
+def random_costs(kind: str, seed: int) -> FloatArray:
+    """A small random cost matrix; odd seeds give ties and zeros, every third one masks pairs."""
+    rng = np.random.default_rng(seed)
+    n, m = int(rng.integers(1, 60)), int(rng.integers(1, 10))
+    if seed % 2:
+        cost = rng.integers(0, 5, size=(n, m)).astype(np.float64)
+    else:
+        cost = rng.uniform(1, 100, size=(n, m)) * rng.uniform(1, 30, size=(n, 1))
+    if kind == "consistent":
+        cost.sort(axis=1)
+    elif kind == "semi-consistent":
+        cost[:, 0::2] = np.sort(cost[:, 0::2], axis=1)
+    if seed % 3 == 0:
+        if kind == "consistent":
+            # Infeasible slowest machines keep every row sorted.
+            cut = rng.integers(1, m + 1, size=n)
+            cost[np.arange(m) >= cut[:, None]] = np.inf
+        else:
+            hidden = rng.random((n, m)) < 0.4
+            hidden[np.arange(n), rng.integers(0, m, size=n)] = False
+            cost[hidden] = np.inf
+    return cost
+
+
+@pytest.mark.parametrize("kind", ["consistent", "semi-consistent", "inconsistent"])
+@pytest.mark.parametrize("seed", range(20))
+def test_max_min_and_sufferage_match_textbook_versions(kind: str, seed: int) -> None:
+    cost = random_costs(kind, seed)
+    assert MaxMin().solve(cost).tolist() == naive_min_min(cost, largest_first=True)
+    assert Sufferage().solve(cost).tolist() == naive_sufferage(cost)
+
+
+@pytest.mark.parametrize(
+    ("consistency", "ties"),
+    [
+        ("consistent", False),
+        ("consistent", True),
+        ("semi-consistent", False),
+        ("inconsistent", False),
+    ],
+)
+def test_max_min_and_sufferage_match_textbook_on_generated_matrices(
+    consistency: Consistency, ties: bool
+) -> None:
+    # Large enough that one placement leaves more tasks to re-rank than Max-min rescans at
+    # once, and that Sufferage's passes run through every machine turning busy.
+    etc = generate_etc(
+        300,
+        30,
+        consistency=consistency,
+        task_heterogeneity="high",
+        machine_heterogeneity="high",
+        seed=3,
+    )
+    if ties:
+        etc = np.sort(np.round(etc / 20000) * 20000 + 1, axis=1)
+    assert MaxMin().solve(etc).tolist() == naive_min_min(etc, largest_first=True)
+    assert Sufferage().solve(etc).tolist() == naive_sufferage(etc)
 
 
 def test_min_min_matches_textbook_on_a_larger_consistent_matrix() -> None:
