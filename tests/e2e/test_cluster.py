@@ -15,7 +15,7 @@ import pytest
 
 from tessera.cli.app import DEMO_JOB
 from tessera.cli.cluster import LocalCluster
-from tessera.client import Client, EventKind, JobState
+from tessera.client import Client, EventKind, JobHandle, JobState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -86,15 +86,8 @@ def test_killed_worker_lease_expires_and_its_tasks_are_reassigned(cluster: Local
 
 def test_a_restarted_scheduler_carries_on_the_job_from_etcd(cluster: LocalCluster) -> None:
     # Prepare
-    with Client(
-        cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
-    ) as client:
-        spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=30)
-        handle = client.submit(spec)
-        for event in handle.watch():
-            if event.kind is EventKind.ROUND_COMPLETED and event.metrics is not None:
-                if event.metrics.round >= 4:
-                    break
+    with _client(cluster) as client:
+        handle = _submit_and_wait_for_round(client, rounds=30, after=4)
         # Execute: SIGKILL the scheduler mid-job and start it again on the same port.
         cluster.kill_service("scheduler")
         cluster.restart_service("scheduler")
@@ -107,6 +100,21 @@ def test_a_restarted_scheduler_carries_on_the_job_from_etcd(cluster: LocalCluste
     assert applied == 30 * 3
 
 
+def _client(cluster: LocalCluster) -> Client:
+    return Client(cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token)
+
+
+def _submit_and_wait_for_round(client: Client, rounds: int, after: int) -> JobHandle:
+    """Submit a job of ``rounds`` rounds over three tasks; return once round ``after`` is done."""
+    spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=rounds)
+    handle = client.submit(spec)
+    for event in handle.watch():
+        if event.kind is EventKind.ROUND_COMPLETED and event.metrics is not None:
+            if event.metrics.round >= after:
+                break
+    return handle
+
+
 def _metric(cluster: LocalCluster, process: str, prefix: str) -> float:
     port = cluster.metrics_ports()[process]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -116,15 +124,8 @@ def _metric(cluster: LocalCluster, process: str, prefix: str) -> float:
 
 def test_an_etcd_restart_mid_job_loses_nothing(cluster: LocalCluster) -> None:
     # Prepare
-    with Client(
-        cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
-    ) as client:
-        spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=25)
-        handle = client.submit(spec)
-        for event in handle.watch():
-            if event.kind is EventKind.ROUND_COMPLETED and event.metrics is not None:
-                if event.metrics.round >= 3:
-                    break
+    with _client(cluster) as client:
+        handle = _submit_and_wait_for_round(client, rounds=25, after=3)
         # Execute: SIGKILL etcd, then bring it back with the same data on the same port.
         cluster.etcd.kill()
         cluster.etcd.restart()
@@ -142,15 +143,8 @@ def test_a_standby_scheduler_takes_over_when_the_leader_dies(tmp_path: Path) -> 
     with LocalCluster(
         workers=3, heartbeat_interval=0.5, patience=4, log_dir=tmp_path, schedulers=2
     ) as cluster:
-        with Client(
-            cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
-        ) as client:
-            spec = DEMO_JOB.with_(min_nodes=3, tasks_per_round=3, target_accuracy=0.0, rounds=25)
-            handle = client.submit(spec)
-            for event in handle.watch():
-                if event.kind is EventKind.ROUND_COMPLETED and event.metrics is not None:
-                    if event.metrics.round >= 3:
-                        break
+        with _client(cluster) as client:
+            handle = _submit_and_wait_for_round(client, rounds=25, after=3)
             leader = _leader(cluster)
             # Execute: SIGKILL the leader; its lease lapses and the standby is elected.
             cluster.kill_service(leader)
