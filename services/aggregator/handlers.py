@@ -118,14 +118,6 @@ class Aggregator:
         if job is not None:
             job.close()
 
-    def assign(self, job_id: str, round_index: int, task: int, node_id: str) -> None:
-        """Record the scheduler's assignment of a task to a node (see ``JobModel.assign``).
-
-        Raises:
-            NotFound: no such job here.
-        """
-        self.job(job_id).assign(round_index, task, node_id)
-
     def push(
         self, frames: Iterator[aggregator_pb2.GradientFrame | memoryview]
     ) -> aggregator_pb2.PushReceipt:

@@ -155,9 +155,6 @@ class JobModel:
                 f"most {max_payload_bytes} bytes (--max-payload-bytes)"
             )
         self.pool = BufferPool(pool_capacity)
-        # (round, task) -> the nodes the scheduler gave the task to (several if it was moved).
-        self._assignments: dict[tuple[int, int], set[str]] = {}
-        self._assignments_known = False
         self.version = 0
         self._snapshot = self._take_snapshot()
         self._reset_round()
@@ -192,19 +189,6 @@ class JobModel:
                 )
             return self.version, self._snapshot
 
-    def assign(self, round_index: int, task: int, node_id: str) -> None:
-        """Record that the scheduler gave ``task`` of ``round_index`` to ``node_id``.
-
-        Once a job has any assignment recorded, ``check_header`` accepts a contribution only
-        from a node its task was given to (any of them, for a task that was moved: all compute
-        the same contribution). Until then, any node may contribute.
-        """
-        with self._lock:
-            if round_index < self.version:
-                return
-            self._assignments_known = True
-            self._assignments.setdefault((round_index, task), set()).add(node_id)
-
     def check_header(self, c: Contribution, metas: Sequence[TensorMeta]) -> Rejection | None:
         """Return why a contribution must be rejected before its payload is read, or None."""
         if c.round != self.version or c.base_version != self.version:
@@ -219,13 +203,6 @@ class JobModel:
             )
         if c.samples < 1:
             return Rejection("samples", f"samples ({c.samples}) must be >= 1")
-        with self._lock:
-            assigned = self._assignments.get((c.round, c.task), set())
-            if self._assignments_known and c.node_id not in assigned:
-                return Rejection(
-                    "assignment",
-                    f"task {c.task} of round {c.round} was not assigned to node {c.node_id!r}",
-                )
         expected = self._parameter_metas
         got = {m.name: (m.dtype, m.shape) for m in metas}
         if got.keys() != expected.keys():
@@ -382,7 +359,6 @@ class JobModel:
             self._reset_round()
             if self._checkpoints is not None:
                 self._save_checkpoint(self._checkpoints)
-            self._assignments = {k: v for k, v in self._assignments.items() if k[0] >= self.version}
             return result
 
     def _save_checkpoint(self, directory: Path) -> None:

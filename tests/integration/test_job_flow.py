@@ -192,7 +192,7 @@ def test_malformed_gradient_streams_get_invalid_argument(services: Cluster) -> N
         )
     assert no_header.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "starts with a ContributionHeader" in str(no_header.value.details())
-    spec = aggregator_pb2.ContributionHeader(job_id=job_id, samples=1)
+    spec = aggregator_pb2.ContributionHeader(job_id=job_id, node_id="n", samples=1)
     spec.tensors.add(name="0.weight", dtype="complex64", shape=[1], codec=1, byte_length=8)
     with pytest.raises(grpc.RpcError) as bad_dtype:
         services.aggregator.PushGradient(

@@ -55,9 +55,11 @@ def aggregator() -> Iterator[Server]:
 @pytest.fixture
 def agent() -> WorkerAgent:
     # The registry and scheduler are never called: only the aggregator paths are exercised.
-    return WorkerAgent(
+    worker = WorkerAgent(
         WorkerConfig(common=LOOPBACK, registry="127.0.0.1:9", scheduler="127.0.0.1:9")
     )
+    worker.node_id = "transport-test"
+    return worker
 
 
 def _spec(hidden_sizes: list[int], codec: str = "none", **fields: object) -> common_pb2.JobSpec:
@@ -163,7 +165,9 @@ def test_a_table_over_the_limit_is_refused_before_its_payload_is_read(
     specs = specs_from_metas(encoded.metas)
     specs[0].codec = tensor_pb2.CODEC_TOPK
     specs[0].byte_length = 8 * 512
-    header = aggregator_pb2.ContributionHeader(job_id="small", samples=1, tensors=specs)
+    header = aggregator_pb2.ContributionHeader(
+        job_id="small", node_id="n", samples=1, tensors=specs
+    )
     # Execute
     with pytest.raises(grpc.RpcError) as info:
         small_limit.stub.PushGradient(
@@ -289,7 +293,7 @@ def test_raw_frames_from_the_worker_and_protobuf_frames_reach_the_same_model(
     gradient = {k: torch.randn(v.shape, generator=generator) for k, v in weights.items()}
     encoded = encode_tensors(gradient)
     header = aggregator_pb2.ContributionHeader(
-        job_id="proto", samples=1, tensors=specs_from_metas(encoded.metas)
+        job_id="proto", node_id="n", samples=1, tensors=specs_from_metas(encoded.metas)
     )
     frames = [aggregator_pb2.GradientFrame(header=header)]
     frames += [

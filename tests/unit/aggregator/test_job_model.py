@@ -121,28 +121,6 @@ def test_valid_rule_options_reach_the_rule() -> None:
     assert (job._rule.f, job._rule.m) == (2, 3)  # type: ignore[attr-defined]  # noqa: SLF001
 
 
-def test_once_tasks_are_assigned_only_their_nodes_may_contribute() -> None:
-    # Prepare
-    job, ledger = _job(tasks=2)
-    metas = [TensorMeta(n, dt, s, "none", 0) for n, (dt, s) in job.parameter_metas.items()]
-
-    def from_node(node: str, task: int = 0) -> Contribution:
-        return Contribution("j", 0, task, node, 0, 1, 0.5)
-
-    # Execute / Assert: before any assignment, anyone may contribute.
-    assert job.check_header(from_node("x"), metas) is None
-    job.assign(0, 0, "a")
-    job.assign(0, 0, "b")  # the task was moved: both compute the same contribution
-    assert job.check_header(from_node("a"), metas) is None
-    assert job.check_header(from_node("b"), metas) is None
-    rejection = job.check_header(from_node("x"), metas)
-    assert rejection is not None and rejection.kind == "assignment"
-    assert "task 0 of round 0 was not assigned to node 'x'" in rejection.reason
-    other = job.check_header(from_node("a", task=1), metas)
-    assert other is not None and other.kind == "assignment"
-    assert ledger.entries() == []
-
-
 def test_the_zero_copy_registration_serves_every_method_of_the_service() -> None:
     from services.aggregator.handlers import Aggregator
     from services.aggregator.servicer import SERVICE, AggregatorServicer, aggregator_handlers
