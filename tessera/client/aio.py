@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from tessera.client.client import Client, RetryPolicy
+from tessera.client.client import Client, RetryPolicy, WatchResume
 from tessera.client.jobs import JobConfig
 from tessera.client.models import ModelFile
-from tessera.client.types import EventKind, Job, JobEvent, Node
+from tessera.client.types import Job, JobEvent, Node
 from tessera.common.errors import Unavailable
 from tessera.common.retry import RETRYABLE_CODES
 from tessera.common.rpc import translate_rpc_errors
@@ -131,30 +131,20 @@ class AsyncClient:
 
     async def watch(self, job_id: str) -> AsyncIterator[JobEvent]:
         """A snapshot event, then progress events until the job ends (reconnects on failure)."""
-        delivered = -1
-        failures = 0
-        backoff = self._retry.backoff()
-        last_progress = time.monotonic()
+        resume = WatchResume(self._retry)
         while True:
             try:
                 with translate_rpc_errors():
                     stream = self._scheduler.WatchJob(scheduler_pb2.WatchJobRequest(job_id=job_id))
                     async for raw in stream:
-                        event = JobEvent.from_proto(raw)
-                        if event.metrics is not None and event.kind is EventKind.ROUND_COMPLETED:
-                            if event.metrics.round <= delivered:
-                                continue
-                            delivered = event.metrics.round
-                        failures = 0
-                        last_progress = time.monotonic()
-                        yield event
+                        event = resume.fresh(raw)
+                        if event is not None:
+                            yield event
                 return
             except Unavailable:
-                failures += 1
-                out_of_time = time.monotonic() - last_progress >= self._retry.patience
-                if failures >= self._retry.attempts or out_of_time:
+                if resume.give_up():
                     raise
-                await asyncio.sleep(backoff.next_delay())
+                await asyncio.sleep(resume.backoff.next_delay())
 
     async def download_model(self, job_id: str, path: str | Path) -> ModelFile:
         """Save the job's latest model as safetensors (runs the sync client in a thread)."""

@@ -31,7 +31,7 @@ from tessera.v1 import (
     scheduler_pb2_grpc,
 )
 
-__all__ = ["Client", "JobHandle", "RetryPolicy"]
+__all__ = ["Client", "JobHandle", "RetryPolicy", "WatchResume"]
 
 R = TypeVar("R")
 
@@ -52,6 +52,38 @@ class RetryPolicy:
     def backoff(self) -> Backoff:
         """A fresh backoff sequence."""
         return Backoff(initial=self.initial_backoff, maximum=self.max_backoff)
+
+
+class WatchResume:
+    """The state a watch keeps across reconnections (shared by ``Client`` and ``AsyncClient``).
+
+    Every reconnection starts with a snapshot and may repeat rounds already delivered; this
+    filters those out and decides when to stop retrying.
+    """
+
+    def __init__(self, retry: RetryPolicy) -> None:
+        self._retry = retry
+        self._delivered = -1
+        self._failures = 0
+        self._last_progress = time.monotonic()
+        self.backoff = retry.backoff()
+
+    def fresh(self, raw: scheduler_pb2.JobEvent) -> JobEvent | None:
+        """The event to deliver, or None for a round delivered before a reconnection."""
+        event = JobEvent.from_proto(raw)
+        if event.metrics is not None and event.kind is EventKind.ROUND_COMPLETED:
+            if event.metrics.round <= self._delivered:
+                return None
+            self._delivered = event.metrics.round
+        self._failures = 0
+        self._last_progress = time.monotonic()
+        return event
+
+    def give_up(self) -> bool:
+        """Record a failed connection; whether the retry policy is exhausted."""
+        self._failures += 1
+        out_of_time = time.monotonic() - self._last_progress >= self._retry.patience
+        return self._failures >= self._retry.attempts or out_of_time
 
 
 @dataclass(frozen=True)
@@ -208,28 +240,18 @@ class Client:
             NotFound: no such job.
             Unavailable: the scheduler stayed unreachable through every retry.
         """
-        delivered = -1
-        backoff = self._retry.backoff()
-        failures = 0
-        last_progress = time.monotonic()
+        resume = WatchResume(self._retry)
         while True:
             try:
                 with translate_rpc_errors():
                     stream = self._scheduler.WatchJob(scheduler_pb2.WatchJobRequest(job_id=job_id))
                     for raw in stream:
-                        event = JobEvent.from_proto(raw)
-                        if event.metrics is not None and event.kind is EventKind.ROUND_COMPLETED:
-                            if event.metrics.round <= delivered:
-                                continue
-                            delivered = event.metrics.round
-                        failures = 0
-                        last_progress = time.monotonic()
-                        yield event
+                        event = resume.fresh(raw)
+                        if event is not None:
+                            yield event
                 return
             except Unavailable:
-                failures += 1
-                out_of_time = time.monotonic() - last_progress >= self._retry.patience
-                if failures >= self._retry.attempts or out_of_time or backoff.wait(self._stop):
+                if resume.give_up() or resume.backoff.wait(self._stop):
                     raise
 
     def download_model(self, job_id: str, path: str | Path) -> ModelFile:
