@@ -29,7 +29,7 @@ MODEL_BYTES_SENT = Counter(
 )
 CONTRIBUTIONS = Counter(
     "tessera_contributions_total",
-    "Contributions by decision; rejections by kind (stale, task, samples, assignment, tensors, "
+    "Contributions by decision; rejections by kind (stale, task, samples, tensors, "
     "non_finite, too_large, malformed)",
     ["decision", "reason"],
 )
