@@ -16,14 +16,6 @@ from tessera.wire.frames import NonFinite, encode_tensors, iter_chunks
 LIMIT = 1 << 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _contributions(count: int, seed: int = 0) -> list[tuple[dict[str, torch.Tensor], float]]:
     generator = torch.Generator().manual_seed(seed)
     return [

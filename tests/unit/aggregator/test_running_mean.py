@@ -1,20 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from services.aggregator.rules import Mean, RunningMean, Update
 from tessera.common.errors import InvalidSpec
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _contributions(count: int) -> list[Update]:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -31,14 +31,6 @@ from tessera.wire.codecs.int8 import CHUNK
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 ALL_DTYPES = (*FLOATS, torch.int64, torch.int32, torch.uint8, torch.int8, torch.bool)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _roundtrip(codec: Codec, tensor: torch.Tensor) -> tuple[memoryview, torch.Tensor]:

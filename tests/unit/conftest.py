@@ -1,4 +1,4 @@
-"""Fixtures for the model-zoo tests: one torch thread, so timings and results are stable."""
+"""Fixtures for every unit test: one torch thread, so timings and results are stable."""
 
 from __future__ import annotations
 
