@@ -332,23 +332,24 @@ class JobRunner:
             self._dispatcher.retract(task.node_id, (self.job.job_id, state.round, task.index))
             state.release(task.index)
             moved.append(task.index)
-        if moved and self._may_drop(state, len(moved)):
-            for index in moved:
+        if moved:
+            dropping = self._may_drop(state, len(moved))
+            for index in moved if dropping else ():
                 state.drop(index)
             message = (
-                f"round {state.round}: tasks {sorted(moved)} dropped "
+                f"round {state.round}: tasks {sorted(moved)} "
+                f"{'dropped' if dropping else 'reassigned'} "
                 f"(lost nodes: {sorted(lost) or 'none'}, overdue: {[t.index for t in overdue]})"
             )
             log.info("job %s %s", self.job.job_id, message)
-            self._publish(Kind.JOB_EVENT_KIND_TASKS_DROPPED, round=state.round, message=message)
-            return
-        if moved:
-            message = (
-                f"round {state.round}: tasks {sorted(moved)} reassigned "
-                f"(lost nodes: {sorted(lost) or 'none'}, overdue: {[t.index for t in overdue]})"
+            kind = (
+                Kind.JOB_EVENT_KIND_TASKS_DROPPED
+                if dropping
+                else Kind.JOB_EVENT_KIND_TASK_REASSIGNED
             )
-            log.info("job %s %s", self.job.job_id, message)
-            self._publish(Kind.JOB_EVENT_KIND_TASK_REASSIGNED, round=state.round, message=message)
+            self._publish(kind, round=state.round, message=message)
+            if dropping:
+                return
         if state.pending():
             self._place_pending(state)
 
