@@ -38,6 +38,13 @@ class Checkpoint:
     optimizer: dict[str, Any]
     results: list[dict[str, Any]]
     ledger: list[LedgerEntry]
+    # The open round; None means ``version`` (they differ only in async mode).
+    round: int | None = None
+
+    @property
+    def open_round(self) -> int:
+        """The round to carry on with."""
+        return self.version if self.round is None else self.round
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -62,6 +69,7 @@ def save_checkpoint(directory: Path, job_id: str, checkpoint: Checkpoint) -> Non
     _atomic_write(folder / f"{stem}.safetensors", lambda p: save_file(tensors, str(p)))
     meta = {
         "version": checkpoint.version,
+        "round": checkpoint.open_round,
         "spec": checkpoint.spec,
         "param_groups": groups,
         "results": checkpoint.results,
@@ -104,4 +112,5 @@ def load_checkpoint(directory: Path, job_id: str) -> Checkpoint | None:
         optimizer={"state": state, "param_groups": meta["param_groups"]},
         results=meta["results"],
         ledger=ledger,
+        round=int(meta.get("round", meta["version"])),
     )

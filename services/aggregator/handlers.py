@@ -31,6 +31,7 @@ from tessera.common.auth import ClusterKey
 from tessera.common.errors import InvalidSpec, NotFound, QuotaExceeded
 from tessera.common.grpc_auth import require_node
 from tessera.common.ids import check_id
+from tessera.ml.recipes import Recipe
 from tessera.v1 import aggregator_pb2, common_pb2
 from tessera.wire.frames import CHUNK_BYTES, encode_tensors, iter_chunks
 from tessera.wire.stream import chunks_after_header, metas_from_specs, specs_from_metas
@@ -78,13 +79,13 @@ class Aggregator:
             raise NotFound(f"job {job_id!r} is not open on this aggregator")
         return job
 
-    def open_job(self, job_id: str, spec: common_pb2.JobSpec) -> int:
-        """Create the job's model at version 0 (idempotent); return its current version."""
+    def open_job(self, job_id: str, spec: common_pb2.JobSpec) -> tuple[int, int]:
+        """Create the job's model at version 0 (idempotent); return (version, open round)."""
         check_id(job_id, "job_id")
         with self._lock:
             existing = self._jobs.get(job_id)
         if existing is not None:
-            return existing.version
+            return existing.version, existing.round
         settings = settings_from_spec(
             spec.model,
             spec.dataset,
@@ -95,6 +96,9 @@ class Aggregator:
             spec.tasks_per_round,
             spec.seed,
             aggregation_options=dict(spec.aggregation_options),
+            mode=spec.mode,
+            max_staleness=spec.max_staleness,
+            recipe=Recipe.from_spec(spec),
         )
         job = JobModel(
             job_id,
@@ -109,7 +113,8 @@ class Aggregator:
             if checkpoint is not None:
                 job.restore(checkpoint)
         with self._lock:
-            return self._jobs.setdefault(job_id, job).version
+            held = self._jobs.setdefault(job_id, job)
+            return held.version, held.round
 
     def close_job(self, job_id: str) -> None:
         """Forget a job (its ledger entries stay)."""
@@ -219,4 +224,7 @@ class Aggregator:
             test_accuracy=result.test_accuracy,
             contributions=result.contributions,
             seconds=result.seconds,
+            test_macro_f1=result.test_macro_f1,
+            test_perplexity=result.test_perplexity,
+            payload_bytes=result.payload_bytes,
         )

@@ -1,9 +1,20 @@
 """A job's model, optimizer and open round (pure torch; no gRPC).
 
-Synchronous rounds: round ``r`` trains from model version ``r``; closing it combines the
-round's contributions with the job's aggregation rule, steps the optimizer and publishes
-version ``r + 1``. How contributions are received, validated and folded into the round, and
-what that costs in memory, is in ``services.aggregator.ingest``.
+Modes (``JobSpec.mode``):
+
+    sync, diloco: round ``r`` trains from model version ``r``; closing it combines the round's
+        contributions (gradients in sync, pseudo-gradients in diloco) with the job's
+        aggregation rule, steps the optimizer (in diloco the outer optimizer) and publishes
+        version ``r + 1``.
+    async: each contribution is applied when it arrives, as one optimizer step on the
+        pseudo-gradient scaled by ``staleness_weight``, and publishes a new version. Its
+        staleness is how many versions were published since the one it started from; beyond
+        ``max_staleness`` it is rejected with the reason. Rounds still close, to evaluate
+        and to count the tasks the scheduler handed out, but they no longer wait for each
+        other's versions: a straggler's late work still counts if it is fresh enough.
+
+How contributions are received, validated and folded into the round, and what that costs in
+memory, is in ``services.aggregator.ingest``.
 
 A job's settings are checked when it is opened, so that a job the aggregator could never
 complete fails at ``SubmitJob`` rather than at its first round's close: the rule's options
@@ -30,9 +41,8 @@ from services.aggregator.ledger import Decision, Ledger
 from services.aggregator.rules import AggregationRule, Krum, TrimmedMean, get_rule
 from services.aggregator.rules.base import Update
 from tessera.common.errors import Conflict, InvalidSpec, NotFound
-from tessera.ml.datasets import load_dataset
-from tessera.ml.training import apply_gradient, evaluate, make_optimizer
-from tessera.ml.zoo import ModelSpec, build_model
+from tessera.ml.recipes import Recipe
+from tessera.ml.training import apply_gradient, make_optimizer
 from tessera.wire.codecs import TensorMeta
 from tessera.wire.frames import NonFinite, all_finite
 
@@ -45,7 +55,10 @@ __all__ = [
     "build_rule",
     "check_rule_fits",
     "settings_from_spec",
+    "staleness_weight",
 ]
+
+MODES = ("sync", "diloco", "async")
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,9 @@ class RoundResult:
     test_accuracy: float
     contributions: int
     seconds: float
+    test_macro_f1: float = 0.0
+    test_perplexity: float = 0.0
+    payload_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,9 @@ class JobSettings:
     Attributes:
         aggregation_options: the rule's options as (name, value) pairs, e.g.
             ``(("f", 2), ("m", 3))`` for Multi-Krum; empty means the rule's defaults.
+        mode: "sync", "diloco" or "async" (see the module docstring).
+        max_staleness: "async": the oldest base version accepted, in versions behind.
+        recipe: the model and data; None means the one named by the fields above.
     """
 
     model: str
@@ -100,6 +119,26 @@ class JobSettings:
     tasks_per_round: int
     seed: int
     aggregation_options: tuple[tuple[str, int | float], ...] = ()
+    mode: str = "sync"
+    max_staleness: int = 0
+    recipe: Recipe | None = None
+
+    def model_recipe(self) -> Recipe:
+        """The recipe the job's model is built from."""
+        if self.recipe is not None:
+            return self.recipe
+        return Recipe(
+            model=self.model, dataset=self.dataset, hidden_sizes=self.hidden_sizes, seed=self.seed
+        )
+
+
+def staleness_weight(staleness: int) -> float:
+    """How much an async contribution ``staleness`` versions old counts: ``(1 + s) ** -0.5``.
+
+    The polynomial decay of FedAsync (Xie et al. 2019, "Asynchronous Federated
+    Optimization"): fresh work counts fully and old work fades without ever being ignored.
+    """
+    return float((1 + staleness) ** -0.5)
 
 
 class JobModel:
@@ -137,12 +176,12 @@ class JobModel:
         self._lock = threading.Lock()
         self._rule = build_rule(settings)
         check_rule_fits(settings.aggregation, self._rule, settings.tasks_per_round)
-        data = load_dataset(settings.dataset)
-        self._test = (data.test_x, data.test_y)
-        self._model = build_model(
-            settings.model,
-            ModelSpec(data.num_features, data.num_classes, settings.hidden_sizes, settings.seed),
-        )
+        if settings.mode == "async" and not self._rule.streaming:
+            raise InvalidSpec(
+                f"aggregation {settings.aggregation!r} compares a round's contributions, but "
+                "mode 'async' applies each one alone; use aggregation 'mean'"
+            )
+        self._model, self._objective = settings.model_recipe().build()
         self._optimizer = make_optimizer(settings.optimizer, self._model, settings.learning_rate)
         self._parameter_metas = {
             n: (p.dtype, tuple(p.shape)) for n, p in self._model.named_parameters()
@@ -156,6 +195,8 @@ class JobModel:
             )
         self.pool = BufferPool(pool_capacity)
         self.version = 0
+        # The open round; equal to ``version`` except in async mode.
+        self.round = 0
         self._snapshot = self._take_snapshot()
         self._reset_round()
         self._results: dict[int, RoundResult] = {}
@@ -169,6 +210,7 @@ class JobModel:
         self._mean = RoundMean(self.pool)
         self._buffered: list[Update] = []
         self._losses: list[tuple[float, int]] = []
+        self._payload_bytes = 0
 
     @property
     def parameter_metas(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
@@ -191,12 +233,9 @@ class JobModel:
 
     def check_header(self, c: Contribution, metas: Sequence[TensorMeta]) -> Rejection | None:
         """Return why a contribution must be rejected before its payload is read, or None."""
-        if c.round != self.version or c.base_version != self.version:
-            return Rejection(
-                "stale",
-                f"stale contribution: round {c.round} from base version {c.base_version}; "
-                f"the open round is {self.version}",
-            )
+        stale = self._staleness_problem(c)
+        if stale is not None:
+            return stale
         if not 0 <= c.task < self.settings.tasks_per_round:
             return Rejection(
                 "task", f"task {c.task} is not in [0, {self.settings.tasks_per_round})"
@@ -221,6 +260,32 @@ class JobModel:
                 )
         return None
 
+    def _staleness_problem(self, c: Contribution) -> Rejection | None:
+        """Why ``c`` is too old (or from the future) for the job's mode, or None."""
+        if self.settings.mode != "async":
+            if c.round != self.version or c.base_version != self.version:
+                return Rejection(
+                    "stale",
+                    f"stale contribution: round {c.round} from base version {c.base_version}; "
+                    f"the open round is {self.version}",
+                )
+            return None
+        if c.round > self.round or c.base_version > self.version:
+            return Rejection(
+                "stale",
+                f"contribution from round {c.round}, base version {c.base_version}, is ahead "
+                f"of the open round {self.round} and latest version {self.version}",
+            )
+        staleness = self.version - c.base_version
+        if staleness > self.settings.max_staleness:
+            return Rejection(
+                "stale",
+                f"stale contribution: base version {c.base_version} is {staleness} versions "
+                f"behind the latest ({self.version}); this job accepts at most "
+                f"{self.settings.max_staleness} (max_staleness)",
+            )
+        return None
+
     def is_duplicate(self, c: Contribution) -> bool:
         """Whether (job, round, task) is already applied; records the duplicate if so."""
         return self._ledger.note_duplicate(c.job_id, c.round, c.task, c.node_id)
@@ -234,7 +299,7 @@ class JobModel:
             QuotaExceeded: the table declares more than ``max_bytes``.
         """
         with self._lock:
-            if self._rule.streaming:
+            if self._rule.streaming and self.settings.mode != "async":
                 return self._mean.intake(metas, float(c.samples), max_bytes=max_bytes)
         return Intake(metas, max_bytes=max_bytes, pool=self.pool)
 
@@ -258,7 +323,7 @@ class JobModel:
         try:
             for chunk in chunks:
                 intake.write(chunk)
-                if self.version != c.round:
+                if self.settings.mode != "async" and self.version != c.round:
                     rejection = Rejection(
                         "stale", f"round {c.round} closed while the contribution arrived"
                     )
@@ -286,6 +351,8 @@ class JobModel:
         self, c: Contribution, tensors: Mapping[str, torch.Tensor], intake: Intake | None
     ) -> tuple[Decision, Rejection | None]:
         with self._lock:
+            if self.settings.mode == "async":
+                return self._apply_async(c, tensors, intake)
             if c.round != self.version:
                 rejection = Rejection(
                     "stale", f"round {c.round} closed while the contribution arrived"
@@ -293,6 +360,7 @@ class JobModel:
                 return Decision.REJECTED, self.reject(c, rejection)
             if not self._ledger.claim(c.job_id, c.round, c.task, c.node_id):
                 return Decision.DUPLICATE, None
+            self._payload_bytes += _payload_size(tensors, intake)
             if self._rule.streaming and intake is not None:
                 self._mean.commit(intake, tensors, float(c.samples))
             elif self._rule.streaming:
@@ -302,6 +370,26 @@ class JobModel:
                 if intake is not None and intake.shares_buffer:
                     intake.keep()
             self._losses.append((c.loss, c.samples))
+        return Decision.APPLIED, None
+
+    def _apply_async(
+        self, c: Contribution, tensors: Mapping[str, torch.Tensor], intake: Intake | None
+    ) -> tuple[Decision, Rejection | None]:
+        """One optimizer step on a staleness-weighted contribution (caller holds the lock)."""
+        stale = self._staleness_problem(c)
+        if stale is not None:
+            # Versions were published while this one arrived.
+            return Decision.REJECTED, self.reject(c, stale)
+        if not self._ledger.claim(c.job_id, c.round, c.task, c.node_id):
+            return Decision.DUPLICATE, None
+        weight = staleness_weight(self.version - c.base_version)
+        apply_gradient(
+            self._model, self._optimizer, {name: t * weight for name, t in tensors.items()}
+        )
+        self.version += 1
+        self._snapshot = self._take_snapshot()
+        self._payload_bytes += _payload_size(tensors, intake)
+        self._losses.append((c.loss, c.samples))
         return Decision.APPLIED, None
 
     def reject(self, c: Contribution, rejection: Rejection) -> Rejection:
@@ -320,9 +408,9 @@ class JobModel:
         with self._lock:
             if round_index in self._results:
                 return self._results[round_index]
-            if round_index != self.version:
+            if round_index != self.round:
                 raise Conflict(
-                    f"job {self.job_id!r}: round {round_index} is not open (open: {self.version})"
+                    f"job {self.job_id!r}: round {round_index} is not open (open: {self.round})"
                 )
             have = self._ledger.applied_count(self.job_id, round_index)
             if have < num_tasks:
@@ -330,29 +418,24 @@ class JobModel:
                     f"job {self.job_id!r} round {round_index} has {have} of {num_tasks} "
                     "contributions"
                 )
-            gradient = (
-                self._mean.result()
-                if self._rule.streaming
-                else self._rule.aggregate(self._buffered)
-            )
-            apply_gradient(self._model, self._optimizer, gradient)
-            # The optimizer keeps no reference to the gradient: its memory can be reused.
-            del gradient
-            self._mean.recycle()
-            evaluation = evaluate(self._model, *self._test)
+            if self.settings.mode != "async":
+                self._step()
+            evaluation = self._objective.evaluate(self._model)
             total = sum(s for _, s in self._losses)
             train_loss = sum(loss * s for loss, s in self._losses) / total if total else math.nan
-            self.version += 1
-            self._snapshot = self._take_snapshot()
+            self.round += 1
             now = time.monotonic()
             result = RoundResult(
                 round=round_index,
                 model_version=self.version,
                 train_loss=train_loss,
                 test_loss=evaluation.loss,
-                test_accuracy=evaluation.accuracy,
+                test_accuracy=evaluation.accuracy or 0.0,
                 contributions=len(self._losses),
                 seconds=now - self._round_started,
+                test_macro_f1=evaluation.macro_f1 or 0.0,
+                test_perplexity=evaluation.perplexity or 0.0,
+                payload_bytes=self._payload_bytes,
             )
             self._round_started = now
             self._results[round_index] = result
@@ -361,6 +444,18 @@ class JobModel:
                 self._save_checkpoint(self._checkpoints)
             return result
 
+    def _step(self) -> None:
+        """Combine the round's contributions and step; publish the next version."""
+        gradient = (
+            self._mean.result() if self._rule.streaming else self._rule.aggregate(self._buffered)
+        )
+        apply_gradient(self._model, self._optimizer, gradient)
+        # The optimizer keeps no reference to the gradient: its memory can be reused.
+        del gradient
+        self._mean.recycle()
+        self.version += 1
+        self._snapshot = self._take_snapshot()
+
     def _save_checkpoint(self, directory: Path) -> None:
         """Write model, optimizer, version, results and ledger (caller holds the lock)."""
         save_checkpoint(
@@ -368,6 +463,7 @@ class JobModel:
             self.job_id,
             Checkpoint(
                 version=self.version,
+                round=self.round,
                 spec=self._spec,
                 model=self._snapshot,
                 optimizer=self._optimizer.state_dict(),
@@ -382,6 +478,7 @@ class JobModel:
             self._model.load_state_dict(checkpoint.model)
             self._optimizer.load_state_dict(checkpoint.optimizer)
             self.version = checkpoint.version
+            self.round = checkpoint.open_round
             self._snapshot = self._take_snapshot()
             self._results = {int(r["round"]): RoundResult(**r) for r in checkpoint.results}
             self._ledger.restore(checkpoint.ledger)
@@ -430,6 +527,13 @@ def check_rule_fits(name: str, rule: AggregationRule, tasks_per_round: int) -> N
             )
 
 
+def _payload_size(tensors: Mapping[str, torch.Tensor], intake: Intake | None) -> int:
+    """Bytes of a contribution as received (its encoded size), or its decoded size in-process."""
+    if intake is not None:
+        return intake.assembler.received_bytes
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def _option_value(name: str, value: float) -> int | float:
     # Options arrive as doubles (a proto map<string, double>); integral ones become ints so
     # that integer options (f, m, iterations) validate.
@@ -448,6 +552,10 @@ def settings_from_spec(
     tasks_per_round: int,
     seed: int,
     aggregation_options: Mapping[str, float] | None = None,
+    *,
+    mode: str = "sync",
+    max_staleness: int = 0,
+    recipe: Recipe | None = None,
 ) -> JobSettings:
     """Build and check ``JobSettings``, including the rule and its fit to the round size.
 
@@ -462,12 +570,19 @@ def settings_from_spec(
         seed: the seed of the model's initial weights.
         aggregation_options: the rule's options (a job spec's proposed
             ``map<string, double> aggregation_options``); None or empty: the defaults.
+        mode: "sync" (or ""), "diloco" or "async".
+        max_staleness: "async": versions a contribution may lag (0 = tasks_per_round).
+        recipe: the full model and data description (None: from model, dataset,
+            hidden_sizes and seed).
 
     Raises:
         InvalidSpec: a value the aggregator cannot work with, naming it.
     """
     if tasks_per_round < 1:
         raise InvalidSpec(f"tasks_per_round ({tasks_per_round}) must be >= 1")
+    mode = mode or "sync"
+    if mode not in MODES:
+        raise InvalidSpec(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise InvalidSpec(f"learning_rate ({learning_rate}) must be > 0")
     options = tuple(
@@ -485,6 +600,9 @@ def settings_from_spec(
         tasks_per_round=tasks_per_round,
         seed=seed,
         aggregation_options=options,
+        mode=mode,
+        max_staleness=max_staleness or tasks_per_round,
+        recipe=recipe,
     )
     check_rule_fits(settings.aggregation, build_rule(settings), tasks_per_round)
     return settings

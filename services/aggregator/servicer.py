@@ -25,8 +25,8 @@ class AggregatorServicer(aggregator_pb2_grpc.AggregatorServicer):
     def OpenJob(  # noqa: D102, N802 - names fixed by the proto
         self, request: aggregator_pb2.OpenJobRequest, context: grpc.ServicerContext
     ) -> aggregator_pb2.OpenJobResponse:
-        version = self._aggregator.open_job(request.job_id, request.spec)
-        return aggregator_pb2.OpenJobResponse(model_version=version)
+        version, round_index = self._aggregator.open_job(request.job_id, request.spec)
+        return aggregator_pb2.OpenJobResponse(model_version=version, round=round_index)
 
     def PushGradient(  # noqa: D102, N802
         self,

@@ -31,8 +31,8 @@ class AggregatorClient:
         self._stub = aggregator_pb2_grpc.AggregatorStub(channel)
         self._stop = stop or threading.Event()
 
-    def open_job(self, job_id: str, spec: common_pb2.JobSpec) -> int:
-        """Create the job's model (idempotent); return its current version.
+    def open_job(self, job_id: str, spec: common_pb2.JobSpec) -> tuple[int, int]:
+        """Create the job's model (idempotent); return its (current version, round to run).
 
         Raises:
             InvalidSpec: the aggregator rejects the spec (unknown model, dataset, ...).
@@ -40,7 +40,7 @@ class AggregatorClient:
         """
         request = aggregator_pb2.OpenJobRequest(job_id=job_id, spec=spec)
         response = call_with_retry(lambda: self._stub.OpenJob(request, timeout=60), stop=self._stop)
-        return int(response.model_version)
+        return int(response.model_version), int(response.round)
 
     def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
         """Aggregate, step and evaluate the round (safe to retry).

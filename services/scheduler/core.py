@@ -110,17 +110,19 @@ class SchedulerCore:
             self.dispatcher.forget(node_id)
 
     def _resume(self, job: common_pb2.Job) -> None:
-        version = self._aggregator.open_job(job.job_id, job.spec)
-        if version != job.model_version:
+        version, next_round = self._aggregator.open_job(job.job_id, job.spec)
+        if version != job.model_version or next_round != job.rounds_completed:
             log.warning(
-                "job %s: aggregator holds version %d, record says %d; continuing from %d",
+                "job %s: aggregator holds version %d at round %d, record says %d at round %d; "
+                "continuing from the aggregator's",
                 job.job_id,
                 version,
+                next_round,
                 job.model_version,
-                version,
+                job.rounds_completed,
             )
             job.model_version = version
-            job.rounds_completed = version
+            job.rounds_completed = next_round
         self._start_runner(job)
 
     def _start_runner(self, job: common_pb2.Job) -> None:

@@ -23,6 +23,13 @@ MAX_HIDDEN_LAYERS = 64
 MAX_WAIT = 7 * 86400.0
 _CODECS = ("none", "fp16", "bf16", "int8", "topk")
 STRAGGLER_POLICIES = ("reassign", "drop")
+# Training modes and their aggregator-side defaults: (optimizer, learning rate). DiLoCo's outer
+# step is Nesterov SGD at 0.7 (Douillard et al. 2023); async applies each contribution with
+# plain SGD at 0.5, a FedAsync-style mixing weight (Xie et al. 2019).
+MODE_DEFAULTS = {"sync": ("adam", 0.01), "diloco": ("nesterov", 0.7), "async": ("plain_sgd", 0.5)}
+DATA_SPLITS = ("iid", "dirichlet", "local")
+DEFAULT_INNER_STEPS = 50
+MAX_INNER_STEPS = 100_000
 
 
 def normalize_spec(spec: common_pb2.JobSpec, known_policies: frozenset[str]) -> common_pb2.JobSpec:
@@ -38,7 +45,11 @@ def normalize_spec(spec: common_pb2.JobSpec, known_policies: frozenset[str]) -> 
     out.CopyFrom(spec)
     out.model = out.model or "mlp"
     out.dataset = out.dataset or "digits"
-    out.optimizer = out.optimizer or "adam"
+    out.mode = out.mode or "sync"
+    if out.mode not in MODE_DEFAULTS:
+        raise InvalidSpec(f"unknown mode {out.mode!r}; choose one of: {', '.join(MODE_DEFAULTS)}")
+    default_optimizer, default_learning_rate = MODE_DEFAULTS[out.mode]
+    out.optimizer = out.optimizer or default_optimizer
     out.policy = (out.policy or "min_min").replace("-", "_")
     out.aggregation = out.aggregation or "mean"
     out.codec = out.codec or "none"
@@ -49,7 +60,9 @@ def normalize_spec(spec: common_pb2.JobSpec, known_policies: frozenset[str]) -> 
     if out.tasks_per_round == 0:
         out.tasks_per_round = out.min_nodes
     if out.learning_rate == 0:
-        out.learning_rate = 0.01
+        out.learning_rate = default_learning_rate
+    _fill_local_training(out)
+    _fill_data(out)
     if out.task_timeout_seconds == 0:
         out.task_timeout_seconds = 60.0
     if out.quorum == 0:
@@ -96,7 +109,39 @@ def normalize_spec(spec: common_pb2.JobSpec, known_policies: frozenset[str]) -> 
         )
     if len(out.name) > 200:
         raise InvalidSpec(f"name is {len(out.name)} characters; at most 200")
+    if not (math.isfinite(out.target_loss) and out.target_loss >= 0):
+        raise InvalidSpec(f"target_loss ({out.target_loss}) must be >= 0")
     return out
+
+
+def _fill_local_training(out: common_pb2.JobSpec) -> None:
+    """Defaults and bounds of the local-steps fields (used by "diloco" and "async")."""
+    local = out.mode != "sync"
+    if local and out.inner_steps == 0:
+        out.inner_steps = DEFAULT_INNER_STEPS
+    if out.inner_steps > MAX_INNER_STEPS:
+        raise InvalidSpec(f"inner_steps ({out.inner_steps}) must be <= {MAX_INNER_STEPS}")
+    if local:
+        out.inner_optimizer = out.inner_optimizer or "adamw"
+        if out.inner_learning_rate == 0:
+            out.inner_learning_rate = 0.001
+    if not (math.isfinite(out.inner_learning_rate) and out.inner_learning_rate >= 0):
+        raise InvalidSpec(f"inner_learning_rate ({out.inner_learning_rate}) must be > 0")
+    if out.mode == "async" and out.max_staleness == 0:
+        out.max_staleness = out.tasks_per_round
+
+
+def _fill_data(out: common_pb2.JobSpec) -> None:
+    """Defaults and bounds of the data-split fields."""
+    out.data_split = out.data_split or "iid"
+    if out.data_split not in DATA_SPLITS:
+        raise InvalidSpec(
+            f"unknown data_split {out.data_split!r}; choose one of: {', '.join(DATA_SPLITS)}"
+        )
+    if out.data_split == "dirichlet" and out.dirichlet_alpha == 0:
+        out.dirichlet_alpha = 0.5
+    if not (math.isfinite(out.dirichlet_alpha) and out.dirichlet_alpha >= 0):
+        raise InvalidSpec(f"dirichlet_alpha ({out.dirichlet_alpha}) must be > 0")
 
 
 def quorum_count(spec: common_pb2.JobSpec) -> int:

@@ -41,6 +41,7 @@ class NodeCapacity:
     memory_bytes: int = 0
     gpu_count: int = 0
     gpu_memory_bytes: int = 0
+    local_datasets: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class ResourceNeeds:
     memory_bytes: int = 0
     gpus: int = 0
     gpu_memory_bytes: int = 0
+    # A federated job's data set, which only nodes that hold it locally can train on.
+    local_dataset: str = ""
 
 
 def feasibility(
@@ -71,6 +74,10 @@ def feasibility(
     ]
     ok = np.ones(len(nodes), dtype=np.bool_)
     reasons = []
+    if needs.local_dataset:
+        ok &= np.array([needs.local_dataset in n.local_datasets for n in nodes], dtype=np.bool_)
+        if not ok.any():
+            reasons.append(f"no node holds local data set {needs.local_dataset!r}")
     for required, label, test in checks:
         if not required:
             continue
@@ -208,7 +215,14 @@ class PlacementCache:
             transfer_bytes,
             needs,
             tuple(
-                (n.node_id, n.failures, n.memory_bytes, n.gpu_count, n.gpu_memory_bytes)
+                (
+                    n.node_id,
+                    n.failures,
+                    n.memory_bytes,
+                    n.gpu_count,
+                    n.gpu_memory_bytes,
+                    n.local_datasets,
+                )
                 for n in nodes
             ),
         )

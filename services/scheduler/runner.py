@@ -47,8 +47,8 @@ class AggregatorPort(Protocol):
 
     address: str
 
-    def open_job(self, job_id: str, spec: common_pb2.JobSpec) -> int:
-        """Create the job's model; return its version."""
+    def open_job(self, job_id: str, spec: common_pb2.JobSpec) -> tuple[int, int]:
+        """Create the job's model; return its (version, round to run)."""
         ...
 
     def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
@@ -221,6 +221,12 @@ class JobRunner:
                     f"reached target accuracy {spec.target_accuracy} in {round_index} rounds",
                 )
                 return
+            if spec.target_loss and metrics.test_loss <= spec.target_loss:
+                self._finish(
+                    common_pb2.JOB_STATE_SUCCEEDED,
+                    f"reached target loss {spec.target_loss} in {round_index} rounds",
+                )
+                return
         self._finish(common_pb2.JOB_STATE_SUCCEEDED, f"completed {round_index} rounds")
 
     def _recover_round(self, round_index: int, error: TesseraError) -> int:
@@ -235,17 +241,17 @@ class JobRunner:
         self._recoveries[round_index] = self._recoveries.get(round_index, 0) + 1
         if self._recoveries[round_index] > MAX_ATTEMPTS:
             raise TesseraError(f"round {round_index} could not be closed: {error}")
-        version = self._aggregator.open_job(self.job.job_id, self.job.spec)
+        version, next_round = self._aggregator.open_job(self.job.job_id, self.job.spec)
         message = (
-            f"round {round_index} runs again from model version {version}: the aggregator "
-            f"lost its contributions ({error})"
+            f"round {round_index} runs again as round {next_round} from model version "
+            f"{version}: the aggregator lost its contributions ({error})"
         )
         log.warning("job %s %s", self.job.job_id, message)
         self.job.model_version = version
-        self.job.rounds_completed = version
+        self.job.rounds_completed = next_round
         self._store.save_job(self.job)
         self._publish(Kind.JOB_EVENT_KIND_TASK_REASSIGNED, round=round_index, message=message)
-        return version
+        return next_round
 
     def _wait_for_nodes(self, count: int) -> bool:
         announced = False
@@ -377,13 +383,21 @@ class JobRunner:
                 n.profile.memory_bytes,
                 n.profile.gpu_count,
                 n.profile.gpu_memory_bytes,
+                frozenset(n.profile.local_datasets),
             )
             for n in self._live_nodes().values()
             if n.node_id not in self._lost
         ]
         spec = self.job.spec
-        samples = [spec.batch_size or 1 for _ in pending]
-        needs = ResourceNeeds(spec.min_memory_bytes, spec.min_gpus, spec.min_gpu_memory_bytes)
+        # A task of local steps processes inner_steps batches.
+        steps = spec.inner_steps if spec.mode in ("diloco", "async") else 1
+        samples = [(spec.batch_size or 1) * max(1, steps) for _ in pending]
+        needs = ResourceNeeds(
+            spec.min_memory_bytes,
+            spec.min_gpus,
+            spec.min_gpu_memory_bytes,
+            spec.dataset if spec.data_split == "local" else "",
+        )
         placement = self._plans.place(
             spec.policy, pending, samples, 0, nodes, needs=needs, seed=spec.seed + state.round
         )

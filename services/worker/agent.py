@@ -128,7 +128,7 @@ class WorkerAgent:
             with_credentials(open_channel(config.scheduler, tls), self._credential)
         )
         self._aggregators: dict[str, _AggregatorLink] = {}
-        self._trainer = Trainer(slowdown=config.slowdown)
+        self._trainer = Trainer(slowdown=config.slowdown, local_dir=config.local_data)
         self._feedback: OrderedDict[str, ErrorFeedback] = OrderedDict()
         self._call: Any = None
         self._lock = threading.Lock()
@@ -163,6 +163,7 @@ class WorkerAgent:
             cpu_cores=os.cpu_count() or 1,
             memory_bytes=_memory_bytes(),
             throughput=measure_throughput(slowdown=self._config.slowdown),
+            local_datasets=self._config.local_datasets(),
         )
         while not self._stop.is_set():
             try:
@@ -259,13 +260,13 @@ class WorkerAgent:
         samples = 0
         try:
             aggregator = self._aggregator(task.aggregator_address)
-            weights = self._fetch_model_patiently(aggregator, task)
+            base_version, weights = self._fetch_model_patiently(aggregator, task)
             contribution = self._trainer.compute(
                 task.job_id, task.spec, weights, task.round, task.task_index, task.num_tasks
             )
             seconds, samples = contribution.seconds, contribution.samples
             receipt = self._push(
-                aggregator, task, contribution.gradient, samples, contribution.loss
+                aggregator, task, base_version, contribution.gradient, samples, contribution.loss
             )
             if receipt.status == aggregator_pb2.RECEIPT_STATUS_REJECTED:
                 outcome, message = scheduler_pb2.TASK_OUTCOME_FAILED, receipt.reason
@@ -285,7 +286,7 @@ class WorkerAgent:
 
     def _fetch_model_patiently(
         self, aggregator: _AggregatorLink, task: scheduler_pb2.Task
-    ) -> dict[str, torch.Tensor]:
+    ) -> tuple[int, dict[str, torch.Tensor]]:
         """``_fetch_model``, riding out an aggregator restart.
 
         Retries for up to ``_AGGREGATOR_PATIENCE`` seconds, so that a brief outage does not use
@@ -302,8 +303,10 @@ class WorkerAgent:
 
     def _fetch_model(
         self, aggregator: _AggregatorLink, task: scheduler_pb2.Task
-    ) -> dict[str, torch.Tensor]:
-        request = aggregator_pb2.GetModelRequest(job_id=task.job_id, version=task.model_version)
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        """The task's model version and weights; in "async" mode the latest version."""
+        version = 0 if task.spec.mode == "async" else task.model_version
+        request = aggregator_pb2.GetModelRequest(job_id=task.job_id, version=version)
         with translate_rpc_errors():
             frames = iter(aggregator.get_model(request, timeout=_MODEL_DEADLINE_SECONDS))
             first = next(frames, None)
@@ -311,7 +314,7 @@ class WorkerAgent:
                 raise NotFound("model stream carried no header")
             metas = metas_from_specs(first.header.tensors)
             assembler = assemble(metas, chunks_after_header(frames), max_bytes=_MAX_MODEL_BYTES)
-        return assembler.tensors()
+        return int(first.header.version), assembler.tensors()
 
     def _feedback_for(self, job_id: str, codec: str) -> ErrorFeedback | None:
         """The job's error-feedback residuals if its codec is lossy (kept for recent jobs)."""
@@ -329,6 +332,7 @@ class WorkerAgent:
         self,
         aggregator: _AggregatorLink,
         task: scheduler_pb2.Task,
+        base_version: int,
         gradient: dict[str, torch.Tensor],
         samples: int,
         loss: float,
@@ -350,7 +354,7 @@ class WorkerAgent:
             round=task.round,
             task_index=task.task_index,
             node_id=self.node_id,
-            base_version=task.model_version,
+            base_version=base_version,
             samples=samples,
             loss=loss,
             tensors=specs_from_metas(encoded.metas),

@@ -256,11 +256,20 @@ class LocalCluster:
             raise
         return self
 
-    def add_worker(self, slowdown: float | None = None, netns: str | None = None) -> _Proc:
-        """Start one more worker (not waiting for it to register), optionally in a netns."""
+    def add_worker(
+        self,
+        slowdown: float | None = None,
+        netns: str | None = None,
+        local_data: Path | None = None,
+    ) -> _Proc:
+        """Start one more worker (not waiting for it to register), optionally in a netns.
+
+        ``local_data`` is the worker's folder of its own data sets (``--local-data``).
+        """
         index = len(self.workers)
         if slowdown is None:
             slowdown = self.worker_slowdowns[index] if index < len(self.worker_slowdowns) else 1.0
+        extra = ["--local-data", str(local_data)] if local_data is not None else []
         proc, ready = self._spawn(
             f"worker-{index}",
             "services.worker",
@@ -273,6 +282,7 @@ class LocalCluster:
                 str(slowdown),
                 "--name",
                 f"worker-{index}",
+                *extra,
             ],
             metrics_offset=3 + index,
             prefix=("ip", "netns", "exec", netns) if netns else (),

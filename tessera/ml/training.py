@@ -3,8 +3,8 @@
 ``compute_gradient`` and ``evaluate`` are the classification-only forms; the general forms
 take an ``Objective`` (``compute_objective_gradient``) or any data set (``evaluate_dataset``).
 Optimizers: Adam (Kingma & Ba 2015), AdamW with decoupled weight decay (Loshchilov & Hutter
-2019), SGD with momentum, and SGD with Nesterov momentum (Sutskever et al. 2013), a common
-outer optimizer for local-SGD training (DiLoCo, Douillard et al. 2023).
+2019), plain SGD, SGD with momentum, and SGD with Nesterov momentum (Sutskever et al. 2013),
+a common outer optimizer for local-SGD training (DiLoCo, Douillard et al. 2023).
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], float], torch.optim.Opti
     "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=0.01),
     "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
     "nesterov": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True),
+    # No momentum: as an outer optimizer at lr 1.0 it is federated averaging (McMahan 2017).
+    "plain_sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
 }
 
 

@@ -70,15 +70,21 @@ class OpenJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
     model_version: _builtins.int
+    round: _builtins.int
+    """The round to run next; equal to model_version except in "async" mode, where every
+    contribution publishes a version.
+    """
     def __init__(
         self,
         *,
         model_version: _builtins.int = ...,
+        round: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -55,6 +55,7 @@ class NodeProfile(_message.Message):
     GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     THROUGHPUT_FIELD_NUMBER: _builtins.int
     BANDWIDTH_FIELD_NUMBER: _builtins.int
+    LOCAL_DATASETS_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     cpu_cores: _builtins.int
     memory_bytes: _builtins.int
@@ -64,6 +65,10 @@ class NodeProfile(_message.Message):
     """Training samples per second on the reference model (digits MLP)."""
     bandwidth: _builtins.float
     """Bytes per second the node can move; 0 when unknown."""
+    @_builtins.property
+    def local_datasets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Data sets this node holds locally for federated jobs (data_split "local"), by name."""
+
     def __init__(
         self,
         *,
@@ -74,10 +79,11 @@ class NodeProfile(_message.Message):
         gpu_memory_bytes: _builtins.int = ...,
         throughput: _builtins.float = ...,
         bandwidth: _builtins.float = ...,
+        local_datasets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth", b"bandwidth", "cpu_cores", b"cpu_cores", "gpu_count", b"gpu_count", "gpu_memory_bytes", b"gpu_memory_bytes", "hostname", b"hostname", "memory_bytes", b"memory_bytes", "throughput", b"throughput"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth", b"bandwidth", "cpu_cores", b"cpu_cores", "gpu_count", b"gpu_count", "gpu_memory_bytes", b"gpu_memory_bytes", "hostname", b"hostname", "local_datasets", b"local_datasets", "memory_bytes", b"memory_bytes", "throughput", b"throughput"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -187,12 +193,27 @@ class JobSpec(_message.Message):
     ROUND_DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
     QUORUM_FIELD_NUMBER: _builtins.int
     STRAGGLER_POLICY_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    INNER_STEPS_FIELD_NUMBER: _builtins.int
+    INNER_OPTIMIZER_FIELD_NUMBER: _builtins.int
+    INNER_LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    MAX_STALENESS_FIELD_NUMBER: _builtins.int
+    DATA_SPLIT_FIELD_NUMBER: _builtins.int
+    DIRICHLET_ALPHA_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    N_LAYER_FIELD_NUMBER: _builtins.int
+    N_HEAD_FIELD_NUMBER: _builtins.int
+    D_MODEL_FIELD_NUMBER: _builtins.int
+    TARGET_LOSS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Free-form label shown in listings."""
     model: _builtins.str
     """Model from the zoo, e.g. "mlp"."""
     dataset: _builtins.str
-    """Data set known to every worker, e.g. "digits"."""
+    """Data set known to every worker, e.g. "digits", or the text corpus "stdlib". With
+    data_split "local" it names the held-out set the aggregator evaluates on, and each worker
+    trains on its own file of that name.
+    """
     rounds: _builtins.int
     """Upper bound on the number of rounds."""
     target_accuracy: _builtins.float
@@ -204,8 +225,12 @@ class JobSpec(_message.Message):
     batch_size: _builtins.int
     """Samples per task per round (0 = the whole shard)."""
     learning_rate: _builtins.float
+    """The aggregator's step: in "sync" mode the optimizer, in "diloco" and "async" the outer
+    optimizer applied to the pseudo-gradients (0 / "" = 0.01 "adam" in sync, 0.7 "nesterov"
+    in diloco, 0.5 "plain_sgd" in async).
+    """
     optimizer: _builtins.str
-    """"adam" or "sgd"."""
+    """"adam", "adamw", "sgd" (momentum 0.9), "nesterov" or "plain_sgd" (no momentum)."""
     policy: _builtins.str
     """Scheduling policy, e.g. "min_min", "genetic", "round_robin"."""
     aggregation: _builtins.str
@@ -227,6 +252,34 @@ class JobSpec(_message.Message):
     """Fraction of a round's tasks that makes a quorum at the deadline (0 = 1.0, every task)."""
     straggler_policy: _builtins.str
     """What happens to the tasks of lost or overdue nodes: "reassign" (default) or "drop"."""
+    mode: _builtins.str
+    """Training mode: "sync" (default; a task is one gradient, the round's mean is one step),
+    "diloco" (a task is inner_steps local steps; the pseudo-gradient, start minus end weights,
+    goes to the outer optimizer once per round) or "async" (like diloco, but each
+    contribution applies as it arrives, weighted down by its staleness).
+    """
+    inner_steps: _builtins.int
+    """Local steps per task in "diloco" and "async" (0 = 50)."""
+    inner_optimizer: _builtins.str
+    """The workers' optimizer for local steps (default "adamw") and its learning rate (0 = 0.001)."""
+    inner_learning_rate: _builtins.float
+    max_staleness: _builtins.int
+    """"async": a contribution whose base version is more than this many versions behind the
+    latest is rejected (0 = tasks_per_round).
+    """
+    data_split: _builtins.str
+    """Training data of the tasks: "iid" (default; IID shards of the data set), "dirichlet"
+    (label-skewed shards, Dirichlet(dirichlet_alpha)) or "local" (each worker's own file).
+    """
+    dirichlet_alpha: _builtins.float
+    """Concentration of the "dirichlet" split (0 = 0.5); smaller is more skewed."""
+    context: _builtins.int
+    """Language models ("gpt"): window length in bytes and sizes (0 = 64, 2, 4, 64)."""
+    n_layer: _builtins.int
+    n_head: _builtins.int
+    d_model: _builtins.int
+    target_loss: _builtins.float
+    """Stop as soon as the held-out loss is at most this value (0 = no loss target)."""
     @_builtins.property
     def hidden_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Width of the hidden layers for models that have them (empty = the model's default)."""
@@ -261,10 +314,22 @@ class JobSpec(_message.Message):
         round_deadline_seconds: _builtins.float = ...,
         quorum: _builtins.float = ...,
         straggler_policy: _builtins.str = ...,
+        mode: _builtins.str = ...,
+        inner_steps: _builtins.int = ...,
+        inner_optimizer: _builtins.str = ...,
+        inner_learning_rate: _builtins.float = ...,
+        max_staleness: _builtins.int = ...,
+        data_split: _builtins.str = ...,
+        dirichlet_alpha: _builtins.float = ...,
+        context: _builtins.int = ...,
+        n_layer: _builtins.int = ...,
+        n_head: _builtins.int = ...,
+        d_model: _builtins.int = ...,
+        target_loss: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "aggregation_options", b"aggregation_options", "batch_size", b"batch_size", "codec", b"codec", "dataset", b"dataset", "hidden_sizes", b"hidden_sizes", "learning_rate", b"learning_rate", "min_gpu_memory_bytes", b"min_gpu_memory_bytes", "min_gpus", b"min_gpus", "min_memory_bytes", b"min_memory_bytes", "min_nodes", b"min_nodes", "model", b"model", "name", b"name", "optimizer", b"optimizer", "policy", b"policy", "quorum", b"quorum", "round_deadline_seconds", b"round_deadline_seconds", "rounds", b"rounds", "seed", b"seed", "straggler_policy", b"straggler_policy", "target_accuracy", b"target_accuracy", "task_timeout_seconds", b"task_timeout_seconds", "tasks_per_round", b"tasks_per_round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "aggregation_options", b"aggregation_options", "batch_size", b"batch_size", "codec", b"codec", "context", b"context", "d_model", b"d_model", "data_split", b"data_split", "dataset", b"dataset", "dirichlet_alpha", b"dirichlet_alpha", "hidden_sizes", b"hidden_sizes", "inner_learning_rate", b"inner_learning_rate", "inner_optimizer", b"inner_optimizer", "inner_steps", b"inner_steps", "learning_rate", b"learning_rate", "max_staleness", b"max_staleness", "min_gpu_memory_bytes", b"min_gpu_memory_bytes", "min_gpus", b"min_gpus", "min_memory_bytes", b"min_memory_bytes", "min_nodes", b"min_nodes", "mode", b"mode", "model", b"model", "n_head", b"n_head", "n_layer", b"n_layer", "name", b"name", "optimizer", b"optimizer", "policy", b"policy", "quorum", b"quorum", "round_deadline_seconds", b"round_deadline_seconds", "rounds", b"rounds", "seed", b"seed", "straggler_policy", b"straggler_policy", "target_accuracy", b"target_accuracy", "target_loss", b"target_loss", "task_timeout_seconds", b"task_timeout_seconds", "tasks_per_round", b"tasks_per_round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,6 +348,9 @@ class RoundMetrics(_message.Message):
     TEST_ACCURACY_FIELD_NUMBER: _builtins.int
     CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    TEST_MACRO_F1_FIELD_NUMBER: _builtins.int
+    TEST_PERPLEXITY_FIELD_NUMBER: _builtins.int
+    PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     model_version: _builtins.int
     train_loss: _builtins.float
@@ -290,6 +358,12 @@ class RoundMetrics(_message.Message):
     test_accuracy: _builtins.float
     contributions: _builtins.int
     seconds: _builtins.float
+    test_macro_f1: _builtins.float
+    """Classifiers: unweighted mean of per-class F1 on the held-out set."""
+    test_perplexity: _builtins.float
+    """Language models: exp(test_loss)."""
+    payload_bytes: _builtins.int
+    """Encoded contribution bytes the aggregator received for this round's applied updates."""
     def __init__(
         self,
         *,
@@ -300,10 +374,13 @@ class RoundMetrics(_message.Message):
         test_accuracy: _builtins.float = ...,
         contributions: _builtins.int = ...,
         seconds: _builtins.float = ...,
+        test_macro_f1: _builtins.float = ...,
+        test_perplexity: _builtins.float = ...,
+        payload_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributions", b"contributions", "model_version", b"model_version", "round", b"round", "seconds", b"seconds", "test_accuracy", b"test_accuracy", "test_loss", b"test_loss", "train_loss", b"train_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributions", b"contributions", "model_version", b"model_version", "payload_bytes", b"payload_bytes", "round", b"round", "seconds", b"seconds", "test_accuracy", b"test_accuracy", "test_loss", b"test_loss", "test_macro_f1", b"test_macro_f1", "test_perplexity", b"test_perplexity", "train_loss", b"train_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

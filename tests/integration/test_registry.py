@@ -91,6 +91,10 @@ def test_deregister_removes_the_node_at_once(registry: Registry) -> None:
             common_pb2.NodeProfile(cpu_cores=1, throughput=1, gpu_memory_bytes=5),
             "gpu_count is 0",
         ),
+        (
+            common_pb2.NodeProfile(cpu_cores=1, throughput=1, local_datasets=["../etc/passwd"]),
+            "profile.local_datasets entry '../etc/passwd'",
+        ),
     ],
 )
 def test_bad_profiles_get_invalid_argument(

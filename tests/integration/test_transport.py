@@ -121,10 +121,10 @@ def test_a_model_and_a_gradient_over_200_mb_travel_through_1_mib_messages(
     sent_before = _counter("tessera_worker_bytes_sent_total", "none")
     received_before = _counter("tessera_bytes_received_total", "none")
     # Execute: download version 0, push a gradient of the same size, close the round.
-    weights = agent._fetch_model(link, task)  # noqa: SLF001
+    weights = agent._fetch_model(link, task)[1]  # noqa: SLF001
     payload = sum(t.numel() * t.element_size() for t in weights.values())
     gradient = {name: torch.full_like(tensor, 0.5) for name, tensor in weights.items()}
-    receipt = agent._push(link, task, gradient, 32, 1.0)  # noqa: SLF001
+    receipt = agent._push(link, task, task.model_version, gradient, 32, 1.0)  # noqa: SLF001
     _close(aggregator, "big", 0)
     # Assert
     assert payload > 200 * 10**6
@@ -188,7 +188,7 @@ def test_a_non_finite_value_stops_the_stream_early_and_is_counted_by_kind(
     _open(aggregator, "nan", spec)
     link = agent._aggregator(aggregator.address)  # noqa: SLF001
     task = _task(aggregator, "nan", spec, 0)
-    gradient = {k: torch.zeros_like(v) for k, v in agent._fetch_model(link, task).items()}  # noqa: SLF001
+    gradient = {k: torch.zeros_like(v) for k, v in agent._fetch_model(link, task)[1].items()}  # noqa: SLF001
     gradient["1.weight"][0, 0] = float("nan")
     payload = sum(t.numel() * 4 for t in gradient.values())
     sent_before = _counter("tessera_worker_bytes_sent_total", "none")
@@ -197,7 +197,7 @@ def test_a_non_finite_value_stops_the_stream_early_and_is_counted_by_kind(
         "tessera_contributions_total", {"decision": "rejected", "reason": "non_finite"}
     )
     # Execute
-    receipt = agent._push(link, task, gradient, 1, 1.0)  # noqa: SLF001
+    receipt = agent._push(link, task, task.model_version, gradient, 1, 1.0)  # noqa: SLF001
     # Assert
     assert receipt.status == aggregator_pb2.RECEIPT_STATUS_REJECTED
     assert "tensor '1.weight' has non-finite values" in receipt.reason
@@ -218,11 +218,11 @@ def test_encoded_bytes_are_counted_under_the_codec_that_produced_them(
     _open(aggregator, "half", spec)
     link = agent._aggregator(aggregator.address)  # noqa: SLF001
     task = _task(aggregator, "half", spec, 0)
-    gradient = {k: torch.ones_like(v) for k, v in agent._fetch_model(link, task).items()}  # noqa: SLF001
+    gradient = {k: torch.ones_like(v) for k, v in agent._fetch_model(link, task)[1].items()}  # noqa: SLF001
     raw = sum(t.numel() * 4 for t in gradient.values())
     sent_before = _counter("tessera_worker_bytes_sent_total", "fp16")
     received_before = _counter("tessera_bytes_received_total", "fp16")
-    receipt = agent._push(link, task, gradient, 1, 1.0)  # noqa: SLF001
+    receipt = agent._push(link, task, task.model_version, gradient, 1, 1.0)  # noqa: SLF001
     assert receipt.status == aggregator_pb2.RECEIPT_STATUS_ACCEPTED
     assert receipt.bytes_received == raw // 2
     assert _counter("tessera_worker_bytes_sent_total", "fp16") - sent_before == raw // 2
@@ -239,20 +239,22 @@ def test_top_k_error_feedback_carries_what_was_dropped_into_the_next_rounds(
     link = agent._aggregator(aggregator.address)  # noqa: SLF001
     generator = torch.Generator().manual_seed(2)
     gradients = []
-    weights = [agent._fetch_model(link, _task(aggregator, "topk", spec, 0))]  # noqa: SLF001
+    weights = [agent._fetch_model(link, _task(aggregator, "topk", spec, 0))[1]]  # noqa: SLF001
     # Execute: three rounds, each pushing a gradient through the job's error feedback.
     for round_index in range(3):
         task = _task(aggregator, "topk", spec, round_index)
         gradient = {k: torch.randn(v.shape, generator=generator) for k, v in weights[0].items()}
         stale = _task(aggregator, "topk", spec, round_index)
         stale.model_version = round_index + 7
-        refused = agent._push(link, stale, gradient, 1, 1.0)  # noqa: SLF001
+        refused = agent._push(link, stale, stale.model_version, gradient, 1, 1.0)  # noqa: SLF001
         assert refused.status == aggregator_pb2.RECEIPT_STATUS_REJECTED
-        receipt = agent._push(link, task, gradient, 1, 1.0)  # noqa: SLF001
+        receipt = agent._push(link, task, task.model_version, gradient, 1, 1.0)  # noqa: SLF001
         assert receipt.status == aggregator_pb2.RECEIPT_STATUS_ACCEPTED
         gradients.append(gradient)
         _close(aggregator, "topk", round_index)
-        weights.append(agent._fetch_model(link, _task(aggregator, "topk", spec, round_index + 1)))  # noqa: SLF001
+        weights.append(
+            agent._fetch_model(link, _task(aggregator, "topk", spec, round_index + 1))[1]
+        )  # noqa: SLF001
     # Assert: SGD with momentum 0.9 applied buffers b_r = 0.9 b_(r-1) + d_r, and moved the
     # weights by learning_rate * b_r, so the decoded contributions d_r can be read back. With
     # feedback, what arrived plus what is still held equals everything computed (EF-SGD);
@@ -288,7 +290,7 @@ def test_raw_frames_from_the_worker_and_protobuf_frames_reach_the_same_model(
     for job_id in ("raw", "proto"):
         _open(aggregator, job_id, spec)
     link = agent._aggregator(aggregator.address)  # noqa: SLF001
-    weights = agent._fetch_model(link, _task(aggregator, "raw", spec, 0))  # noqa: SLF001
+    weights = agent._fetch_model(link, _task(aggregator, "raw", spec, 0))[1]  # noqa: SLF001
     generator = torch.Generator().manual_seed(5)
     gradient = {k: torch.randn(v.shape, generator=generator) for k, v in weights.items()}
     encoded = encode_tensors(gradient)
@@ -302,7 +304,8 @@ def test_raw_frames_from_the_worker_and_protobuf_frames_reach_the_same_model(
         for i in range(0, p.nbytes, 100_000)
     ]
     # Execute
-    raw = agent._push(link, _task(aggregator, "raw", spec, 0), gradient, 1, 1.0)  # noqa: SLF001
+    raw_task = _task(aggregator, "raw", spec, 0)
+    raw = agent._push(link, raw_task, raw_task.model_version, gradient, 1, 1.0)  # noqa: SLF001
     proto = aggregator.stub.PushGradient(iter(frames), timeout=30)
     for job_id in ("raw", "proto"):
         _close(aggregator, job_id, 0)
@@ -322,7 +325,7 @@ def test_concurrent_pushes_count_each_task_exactly_once_into_the_exact_mean(
     spec = _spec([1000, 1000], learning_rate=learning_rate, tasks_per_round=tasks)
     _open(aggregator, "many", spec)
     link = agent._aggregator(aggregator.address)  # noqa: SLF001
-    weights = agent._fetch_model(link, _task(aggregator, "many", spec, 0))  # noqa: SLF001
+    weights = agent._fetch_model(link, _task(aggregator, "many", spec, 0))[1]  # noqa: SLF001
     generator = torch.Generator().manual_seed(9)
     gradients = [
         {k: torch.randn(v.shape, generator=generator) for k, v in weights.items()}
@@ -338,7 +341,7 @@ def test_concurrent_pushes_count_each_task_exactly_once_into_the_exact_mean(
         order.task_index = task
         if barrier is not None:
             barrier.wait(timeout=30)
-        receipt = agent._push(link, order, gradients[task], samples[task], 1.0)  # noqa: SLF001
+        receipt = agent._push(link, order, order.model_version, gradients[task], samples[task], 1.0)  # noqa: SLF001
         receipts.append(receipt.status)
 
     # Execute: task 0 makes the round's sum; then the others race, one of them folding ahead

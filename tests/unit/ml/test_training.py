@@ -72,7 +72,7 @@ def test_gradients_are_deterministic_and_keyed_like_named_parameters() -> None:
 
 def test_optimizers_by_name() -> None:
     model = build_model("mlp", ModelSpec(4, 2))
-    assert sorted(OPTIMIZERS) == ["adam", "adamw", "nesterov", "sgd"]
+    assert sorted(OPTIMIZERS) == ["adam", "adamw", "nesterov", "plain_sgd", "sgd"]
     adamw = make_optimizer("adamw", model, 0.1)
     assert isinstance(adamw, torch.optim.AdamW)
     assert adamw.param_groups[0]["weight_decay"] == 0.01
@@ -81,7 +81,7 @@ def test_optimizers_by_name() -> None:
     assert nesterov.param_groups[0]["nesterov"] and nesterov.param_groups[0]["momentum"] == 0.9
     assert not make_optimizer("sgd", model, 0.1).param_groups[0]["nesterov"]
     with pytest.raises(
-        InvalidSpec, match="unknown optimizer 'lamb'; choose one of: adam, adamw, nesterov, sgd"
+        InvalidSpec, match="unknown optimizer 'lamb'; choose one of: adam, adamw, nesterov, plain_sgd, sgd"
     ):
         make_optimizer("lamb", model, 0.1)
 

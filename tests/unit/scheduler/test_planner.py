@@ -46,6 +46,19 @@ def test_feasibility_filters_nodes_and_says_which_need_nobody_meets() -> None:
     assert reasons == ("no node with >= 8.0 GiB GPU memory",)
 
 
+def test_federated_tasks_go_only_to_nodes_that_hold_the_data_set() -> None:
+    nodes = [
+        NodeCapacity("fast", 9.0),
+        NodeCapacity("holder", 1.0, local_datasets=frozenset({"clinic"})),
+    ]
+    placement = place(
+        "min_min", [0, 1], [1, 1], 0, nodes, needs=ResourceNeeds(local_dataset="clinic")
+    )
+    assert placement.nodes_of_tasks == {0: "holder", 1: "holder"}
+    _, reasons = feasibility(1, ResourceNeeds(local_dataset="ward"), nodes)
+    assert reasons == ("no node holds local data set 'ward'",)
+
+
 def test_unplaceable_tasks_come_back_with_the_reason() -> None:
     placement = place(
         "min_min", [0, 1], [1, 1], 0, [NodeCapacity("cpu", 1.0)], needs=ResourceNeeds(gpus=2)
