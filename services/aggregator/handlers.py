@@ -20,11 +20,9 @@ from services.aggregator.ledger import Decision, Ledger
 from services.aggregator.metrics import (
     BYTES_RECEIVED,
     CONTRIBUTIONS,
-    JOB_ACCURACY,
-    JOB_LOSS,
     MODEL_BYTES_SENT,
-    MODEL_VERSION,
     ROUND_SECONDS,
+    record_round,
 )
 from services.aggregator.models import Contribution, JobModel, Rejection, settings_from_spec
 from tessera.common.auth import ClusterKey
@@ -212,11 +210,7 @@ class Aggregator:
     def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
         """Aggregate, step, evaluate; see ``JobModel.close_round``."""
         result = self.job(job_id).close_round(round_index, num_tasks)
-        MODEL_VERSION.labels(job_id).set(result.model_version)
-        JOB_LOSS.labels(job_id).set(result.test_loss)
-        JOB_ACCURACY.labels(job_id).set(result.test_accuracy)
-        ROUND_SECONDS.observe(result.seconds)
-        return common_pb2.RoundMetrics(
+        metrics = common_pb2.RoundMetrics(
             round=result.round,
             model_version=result.model_version,
             train_loss=result.train_loss,
@@ -228,3 +222,6 @@ class Aggregator:
             test_perplexity=result.test_perplexity,
             payload_bytes=result.payload_bytes,
         )
+        record_round(job_id, metrics)
+        ROUND_SECONDS.observe(result.seconds)
+        return metrics

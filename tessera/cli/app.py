@@ -17,10 +17,29 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from tessera.cli.exit_codes import ExitCode
-from tessera.client import Client, EventKind, Job, JobConfig, JobState, RetryPolicy
+from tessera.client import (
+    Client,
+    EventKind,
+    Job,
+    JobConfig,
+    JobState,
+    Node,
+    RetryPolicy,
+    RoundMetrics,
+)
+from tessera.client.jobs import DATA_SPLITS, MODES
 from tessera.common.errors import InvalidSpec, NotFound, TesseraError, Unavailable
 
-__all__ = ["DEMO_JOB", "app", "main"]
+__all__ = [
+    "DEMO_JOB",
+    "app",
+    "format_bytes",
+    "job_summary",
+    "main",
+    "node_rows",
+    "quality",
+    "quality_text",
+]
 
 app = typer.Typer(
     add_completion=False,
@@ -70,16 +89,55 @@ def _guard(fn: Callable[[], T]) -> T:
         raise typer.Exit(code) from None
 
 
+def quality(m: RoundMetrics | None) -> dict[str, float | None]:
+    """The held-out quality figures that fit the model; the others are None.
+
+    Language models (``test_perplexity > 0``) show their perplexity, classifiers their accuracy
+    and macro-F1. The keys are always the same, so rows of both kinds share a table.
+    """
+    if m is None:
+        return {"test_accuracy": None, "test_macro_f1": None, "test_perplexity": None}
+    if m.is_language_model:
+        return {
+            "test_accuracy": None,
+            "test_macro_f1": None,
+            "test_perplexity": round(m.test_perplexity, 4),
+        }
+    return {
+        "test_accuracy": round(m.test_accuracy, 4),
+        "test_macro_f1": round(m.test_macro_f1, 4),
+        "test_perplexity": None,
+    }
+
+
+def quality_text(m: RoundMetrics) -> str:
+    """``quality`` as words: "perplexity 3.142" or "accuracy 0.9700  macro-F1 0.9650"."""
+    if m.is_language_model:
+        return f"perplexity {m.test_perplexity:.3f}"
+    return f"accuracy {m.test_accuracy:.4f}  macro-F1 {m.test_macro_f1:.4f}"
+
+
+def format_bytes(count: int) -> str:
+    """A byte count for people: "512 B", "1.5 KiB", "3.0 MiB"."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
 def job_summary(job: Job) -> dict[str, Any]:
-    """The fields a person scans first."""
+    """The fields a person scans first (metrics of the latest round)."""
     m = job.last_metrics
     return {
         "job_id": job.job_id,
         "name": job.spec.name,
         "state": job.state.value,
         "rounds": job.rounds_completed,
-        "test_accuracy": round(m.test_accuracy, 4) if m else None,
+        **quality(m),
         "test_loss": round(m.test_loss, 4) if m else None,
+        "payload_bytes": m.payload_bytes if m else None,
         "message": job.message,
     }
 
@@ -87,8 +145,9 @@ def job_summary(job: Job) -> dict[str, Any]:
 def follow_job(client: Client, job_id: str, console: Console, *, live: bool = True) -> Job:
     """Show a job's progress until it ends; return the final record.
 
-    With ``live`` (an interactive terminal) a progress bar shows round, loss, accuracy, live
-    nodes and the time remaining; otherwise one line per round.
+    With ``live`` (an interactive terminal) a progress bar shows round, loss, accuracy and
+    macro-F1 (perplexity for language models), live nodes and the time remaining; otherwise one
+    line per round, which also shows the round's contribution payload.
     """
     live = live and console.is_terminal
     progress = Progress(
@@ -107,16 +166,14 @@ def follow_job(client: Client, job_id: str, console: Console, *, live: bool = Tr
             progress.update(bar, total=spec.rounds or None)
             m = event.metrics
             if event.kind is EventKind.ROUND_COMPLETED and m is not None:
-                detail = (
-                    f"loss {m.train_loss:.4f}  accuracy {m.test_accuracy:.4f}  "
-                    f"nodes {event.live_nodes}"
-                )
+                detail = f"loss {m.train_loss:.4f}  {quality_text(m)}  nodes {event.live_nodes}"
                 progress.update(bar, completed=m.round + 1, detail=detail)
                 if not live:
                     console.print(
                         f"round {m.round + 1:4d}  loss {m.train_loss:.4f}  "
-                        f"test loss {m.test_loss:.4f}  accuracy {m.test_accuracy:.4f}  "
-                        f"nodes {event.live_nodes}  {m.seconds * 1e3:.0f} ms",
+                        f"test loss {m.test_loss:.4f}  {quality_text(m)}  "
+                        f"nodes {event.live_nodes}  {m.seconds * 1e3:.0f} ms  "
+                        f"payload {format_bytes(m.payload_bytes)}",
                         highlight=False,
                     )
             elif event.kind is EventKind.SNAPSHOT:
@@ -233,6 +290,40 @@ def submit(
     learning_rate: Annotated[float | None, typer.Option()] = None,
     policy: Annotated[str | None, typer.Option(help="scheduling policy")] = None,
     name: Annotated[str | None, typer.Option()] = None,
+    mode: Annotated[str | None, typer.Option(help="training mode: " + ", ".join(MODES))] = None,
+    inner_steps: Annotated[
+        int | None, typer.Option(min=1, help="local steps per task (diloco, async)")
+    ] = None,
+    inner_optimizer: Annotated[
+        str | None, typer.Option(help="the workers' optimizer for local steps")
+    ] = None,
+    inner_learning_rate: Annotated[
+        float | None, typer.Option("--inner-lr", help="learning rate of the local steps")
+    ] = None,
+    max_staleness: Annotated[
+        int | None, typer.Option(min=1, help="async: versions a contribution may lag")
+    ] = None,
+    data_split: Annotated[
+        str | None, typer.Option(help="training data of the tasks: " + ", ".join(DATA_SPLITS))
+    ] = None,
+    dirichlet_alpha: Annotated[
+        float | None, typer.Option(min=0.0, help="concentration of the dirichlet split")
+    ] = None,
+    context: Annotated[
+        int | None, typer.Option(min=1, help="language models: window length in bytes")
+    ] = None,
+    n_layer: Annotated[
+        int | None, typer.Option(min=1, help="language models: transformer blocks")
+    ] = None,
+    n_head: Annotated[
+        int | None, typer.Option(min=1, help="language models: attention heads")
+    ] = None,
+    d_model: Annotated[
+        int | None, typer.Option(min=1, help="language models: embedding width")
+    ] = None,
+    target_loss: Annotated[
+        float | None, typer.Option(min=0.0, help="stop once the held-out loss is at most this")
+    ] = None,
     watch: Annotated[bool, typer.Option(help="follow progress until the job ends")] = False,
     scheduler: Scheduler = "127.0.0.1:50052",
 ) -> None:
@@ -255,6 +346,18 @@ def submit(
             "learning_rate": learning_rate,
             "policy": policy,
             "name": name,
+            "mode": mode,
+            "inner_steps": inner_steps,
+            "inner_optimizer": inner_optimizer,
+            "inner_learning_rate": inner_learning_rate,
+            "max_staleness": max_staleness,
+            "data_split": data_split,
+            "dirichlet_alpha": dirichlet_alpha,
+            "context": context,
+            "n_layer": n_layer,
+            "n_head": n_head,
+            "d_model": d_model,
+            "target_loss": target_loss,
         }
         spec = spec.with_(**{k: v for k, v in flags.items() if v is not None})
         with Client(scheduler, retry=CLI_RETRY) as client:
@@ -309,21 +412,38 @@ def nodes(registry: Registry = "127.0.0.1:50051", as_json: AsJson = False) -> No
 
     def body() -> None:
         with Client(registry=registry, retry=CLI_RETRY) as client:
-            rows = [
-                {
-                    "node_id": n.node_id,
-                    "hostname": n.hostname,
-                    "cores": n.cpu_cores,
-                    "gpus": n.gpu_count,
-                    "samples_per_s": round(n.throughput),
-                    "running": n.running_tasks,
-                    "completed": n.completed_tasks,
-                }
-                for n in client.list_nodes()
-            ]
+            rows = node_rows(client.list_nodes())
         _print_rows(rows, as_json, "nodes")
 
     _guard(body)
+
+
+def node_rows(listed: list[Node]) -> list[dict[str, Any]]:
+    """One row per node; a ``datasets`` column when any node holds local data sets."""
+    with_datasets = any(n.local_datasets for n in listed)
+    rows: list[dict[str, Any]] = []
+    for n in listed:
+        row: dict[str, Any] = {
+            "node_id": n.node_id,
+            "hostname": n.hostname,
+            "cores": n.cpu_cores,
+            "gpus": n.gpu_count,
+            "samples_per_s": round(n.throughput),
+            "running": n.running_tasks,
+            "completed": n.completed_tasks,
+        }
+        if with_datasets:
+            row["datasets"] = list(n.local_datasets)
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
@@ -335,7 +455,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
     for column in rows[0] if rows else ["(none)"]:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
+        table.add_row(*(_cell(v) for v in row.values()))
     Console().print(table)
 
 

@@ -52,7 +52,22 @@ class EventKind(enum.Enum):
 
 @dataclass(frozen=True)
 class RoundMetrics:
-    """Held-out evaluation after a round."""
+    """Held-out evaluation after a round.
+
+    Attributes:
+        round: the round's index, from 0.
+        model_version: the model version the round published.
+        train_loss: mean training loss of the round's contributions.
+        test_loss: held-out loss after the round's update.
+        test_accuracy: held-out accuracy (next-byte accuracy for language models).
+        contributions: contributions applied in the round.
+        seconds: time from the round's opening to its close.
+        test_macro_f1: classifiers: unweighted mean of the per-class F1 on the held-out set
+            (0 for language models).
+        test_perplexity: language models: ``exp(test_loss)`` (0 for classifiers).
+        payload_bytes: encoded contribution bytes the aggregator received for the round's
+            applied updates.
+    """
 
     round: int
     model_version: int
@@ -61,6 +76,14 @@ class RoundMetrics:
     test_accuracy: float
     contributions: int
     seconds: float
+    test_macro_f1: float = 0.0
+    test_perplexity: float = 0.0
+    payload_bytes: int = 0
+
+    @property
+    def is_language_model(self) -> bool:
+        """Whether these are a language model's metrics (they carry a perplexity)."""
+        return self.test_perplexity > 0
 
     @classmethod
     def from_proto(cls, m: common_pb2.RoundMetrics) -> RoundMetrics:
@@ -73,6 +96,9 @@ class RoundMetrics:
             m.test_accuracy,
             m.contributions,
             m.seconds,
+            m.test_macro_f1,
+            m.test_perplexity,
+            m.payload_bytes,
         )
 
 
@@ -136,7 +162,19 @@ class JobEvent:
 
 @dataclass(frozen=True)
 class Node:
-    """A live volunteer node."""
+    """A live volunteer node.
+
+    Attributes:
+        node_id: the id the registry gave the node.
+        hostname: the node's host name.
+        cpu_cores: CPU cores it offers.
+        memory_bytes: memory it offers.
+        gpu_count: GPUs it offers.
+        throughput: training samples per second on the reference model.
+        running_tasks: tasks it runs now.
+        completed_tasks: tasks it completed so far.
+        local_datasets: data sets the node holds locally, by name (for ``data_split="local"``).
+    """
 
     node_id: str
     hostname: str
@@ -146,6 +184,7 @@ class Node:
     throughput: float
     running_tasks: int
     completed_tasks: int
+    local_datasets: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, node: common_pb2.Node) -> Node:
@@ -160,4 +199,5 @@ class Node:
             p.throughput,
             node.load.running_tasks,
             node.load.completed_tasks,
+            tuple(p.local_datasets),
         )

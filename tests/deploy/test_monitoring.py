@@ -41,6 +41,9 @@ REQUIRED_METRICS = {
     "tessera_model_version",
     "tessera_job_loss",
     "tessera_job_accuracy",
+    "tessera_job_macro_f1",
+    "tessera_job_perplexity",
+    "tessera_job_payload_bytes_total",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

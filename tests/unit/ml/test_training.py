@@ -80,9 +80,8 @@ def test_optimizers_by_name() -> None:
     assert isinstance(nesterov, torch.optim.SGD)
     assert nesterov.param_groups[0]["nesterov"] and nesterov.param_groups[0]["momentum"] == 0.9
     assert not make_optimizer("sgd", model, 0.1).param_groups[0]["nesterov"]
-    with pytest.raises(
-        InvalidSpec, match="unknown optimizer 'lamb'; choose one of: adam, adamw, nesterov, plain_sgd, sgd"
-    ):
+    choices = "adam, adamw, nesterov, plain_sgd, sgd"
+    with pytest.raises(InvalidSpec, match=f"unknown optimizer 'lamb'; choose one of: {choices}"):
         make_optimizer("lamb", model, 0.1)
 
 

@@ -62,7 +62,7 @@ def test_diloco_task_sends_start_minus_end_after_inner_adamw_steps() -> None:
             data.indices(4, 2, batch_size=32, round_index=7 * 5 + step)
         )
         optimizer.zero_grad()
-        objective.loss(model, inputs, targets).backward()
+        objective.loss(model, inputs, targets).backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     # Execute
     contribution = Trainer().compute("j", spec, weights, 7, 2, 4)
