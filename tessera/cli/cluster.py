@@ -80,6 +80,7 @@ class LocalCluster:
         self.patience = patience
         self.worker_slowdowns = worker_slowdowns or []
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="tessera-logs-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_level = log_level
         self.schedulers = schedulers
         # The services' bind address; tests that put workers in network namespaces use the

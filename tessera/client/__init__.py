@@ -11,7 +11,7 @@ Modules:
 from tessera.client.aio import AsyncClient
 from tessera.client.client import Client, JobHandle, RetryPolicy
 from tessera.client.jobs import JobConfig
-from tessera.client.models import ModelFile
+from tessera.client.models import ModelFile, load_model
 from tessera.client.types import EventKind, Job, JobEvent, JobState, Node, RoundMetrics
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "Node",
     "RetryPolicy",
     "RoundMetrics",
+    "load_model",
 ]
