@@ -150,3 +150,12 @@ def test_recipe_refuses_combinations_that_cannot_train() -> None:
         Recipe(model="gpt", dataset="digits").check()
     with pytest.raises(InvalidSpec, match="unknown data_split 'shuffled'"):
         Recipe(data_split="shuffled").check()
+
+
+def test_cnn_task_trains_on_digits_as_images() -> None:
+    spec = _spec(model="cnn", hidden_sizes=[4, 8], mode="diloco", inner_steps=2)
+    contribution = Trainer().compute("cnn", spec, _initial(spec), 0, 0, 4)
+    assert contribution.samples == 2 * 32
+    assert set(contribution.gradient) == {
+        n for n, _ in Recipe.from_spec(spec).build()[0].named_parameters()
+    }
