@@ -541,6 +541,44 @@ def summarize(args: argparse.Namespace, result: dict[str, Any], wall: float) -> 
     }
 
 
+def check_deadline(
+    deadline: float,
+    timeout: float,
+    procs: Sequence[subprocess.Popen[bytes]],
+    logs: Sequence[Path],
+    *,
+    shown: Path,
+) -> None:
+    """Raise once ``deadline`` (Unix time) has passed, naming what still runs and ``shown``'s tail.
+
+    Raises:
+        TimeoutError: the run is out of time.
+    """
+    if time.time() <= deadline:
+        return
+    running = [log.stem for proc, log in zip(procs, logs, strict=True) if proc.poll() is None]
+    raise TimeoutError(
+        f"no result within {timeout} s (still running: {', '.join(running)}); "
+        f"{shown.stem} log:\n{tail(shown)}"
+    )
+
+
+def job_argv(args: argparse.Namespace, classes: int, deadline: float) -> list[str]:
+    """The job's settings as command-line arguments, the same for every process and runtime."""
+    return [
+        "--clients", str(args.clients),
+        "--rounds", str(args.rounds),
+        "--local-steps", str(args.local_steps),
+        "--batch-size", str(args.batch_size),
+        "--lr", repr(args.lr),
+        "--seed", str(args.seed),
+        "--hidden", ",".join(map(str, args.hidden)),
+        "--threads", str(args.threads),
+        "--classes", str(classes),
+        "--deadline", repr(deadline),
+    ]  # fmt: skip
+
+
 def orchestrate_legacy(args: argparse.Namespace) -> dict[str, Any]:
     classes = count_classes(args.data, args.clients)
     port = free_port()
@@ -552,17 +590,8 @@ def orchestrate_legacy(args: argparse.Namespace) -> dict[str, Any]:
         sys.executable,
         str(Path(__file__).resolve()),
         "--data", str(args.data),
-        "--clients", str(args.clients),
-        "--rounds", str(args.rounds),
-        "--local-steps", str(args.local_steps),
-        "--batch-size", str(args.batch_size),
-        "--lr", repr(args.lr),
-        "--seed", str(args.seed),
-        "--hidden", ",".join(map(str, args.hidden)),
-        "--threads", str(args.threads),
-        "--classes", str(classes),
+        *job_argv(args, classes, deadline),
         "--port", str(port),
-        "--deadline", repr(deadline),
         "--parent", str(os.getpid()),
     ]  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
@@ -606,16 +635,7 @@ def orchestrate_legacy(args: argparse.Namespace) -> dict[str, Any]:
                     server_done = server_done or time.monotonic()
                     if time.monotonic() - server_done > _CLIENT_EXIT_GRACE:
                         break
-                if time.time() > deadline:
-                    running = [
-                        log.stem
-                        for proc, log in zip(procs, logs, strict=True)
-                        if proc.poll() is None
-                    ]
-                    raise TimeoutError(
-                        f"no result within {args.timeout} s (still running: "
-                        f"{', '.join(running)}); server log:\n{tail(logs[0])}"
-                    )
+                check_deadline(deadline, args.timeout, procs, logs, shown=logs[0])
                 time.sleep(_POLL)
             wall = time.perf_counter() - start
             for proc, log in zip(procs, logs, strict=True):
@@ -796,16 +816,7 @@ def orchestrate_deployment(args: argparse.Namespace) -> dict[str, Any]:
             argv = [
                 "--runtime", "deployment",
                 "--data", str(args.data.resolve()),
-                "--clients", str(args.clients),
-                "--rounds", str(args.rounds),
-                "--local-steps", str(args.local_steps),
-                "--batch-size", str(args.batch_size),
-                "--lr", repr(args.lr),
-                "--seed", str(args.seed),
-                "--hidden", ",".join(map(str, args.hidden)),
-                "--threads", str(args.threads),
-                "--classes", str(classes),
-                "--deadline", repr(deadline),
+                *job_argv(args, classes, deadline),
                 "--started", repr(started),
                 "--result", str(result_path),
             ]  # fmt: skip
@@ -863,16 +874,7 @@ def orchestrate_deployment(args: argparse.Namespace) -> dict[str, Any]:
                         "flwr_run",
                         [str(bin_dir / "flwr"), "run", str(app_dir), _CONNECTION, "--stream"],
                     )
-                if time.time() > deadline:
-                    running = [
-                        log.stem
-                        for proc, log in zip(procs, logs, strict=True)
-                        if proc.poll() is None
-                    ]
-                    raise TimeoutError(
-                        f"no result within {args.timeout} s (still running: "
-                        f"{', '.join(running)}); {logs[-1].stem} log:\n{tail(logs[-1])}"
-                    )
+                check_deadline(deadline, args.timeout, procs, logs, shown=logs[-1])
                 time.sleep(_POLL)
             wall = time.perf_counter() - start
             result: dict[str, Any] = json.loads(result_path.read_text())

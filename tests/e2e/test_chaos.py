@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from tessera.cli.app import DEMO_JOB
 from tessera.cli.cluster import LocalCluster
 from tessera.client import Client, JobState
+from tests.e2e.scrape import metric_sum
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -25,11 +25,7 @@ SPEC = DEMO_JOB.with_(
 
 
 def _applied_contributions(cluster: LocalCluster) -> float:
-    port = cluster.metrics_ports()["aggregator"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    prefix = 'tessera_contributions_total{decision="applied"'
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+    return metric_sum(cluster, "aggregator", 'tessera_contributions_total{decision="applied"')
 
 
 class Chaos:

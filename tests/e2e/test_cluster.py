@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from tessera.cli.app import DEMO_JOB
 from tessera.cli.cluster import LocalCluster
 from tessera.client import Client, EventKind, JobHandle, JobState
+from tests.e2e.scrape import metric_sum
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -96,7 +96,7 @@ def test_a_restarted_scheduler_carries_on_the_job_from_etcd(cluster: LocalCluste
     assert final.state is JobState.SUCCEEDED, final.message
     assert final.rounds_completed == 30
     assert final.model_version == 30
-    applied = _metric(cluster, "aggregator", 'tessera_contributions_total{decision="applied"')
+    applied = metric_sum(cluster, "aggregator", 'tessera_contributions_total{decision="applied"')
     assert applied == 30 * 3
 
 
@@ -115,13 +115,6 @@ def _submit_and_wait_for_round(client: Client, rounds: int, after: int) -> JobHa
     return handle
 
 
-def _metric(cluster: LocalCluster, process: str, prefix: str) -> float:
-    port = cluster.metrics_ports()[process]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
-
-
 def test_an_etcd_restart_mid_job_loses_nothing(cluster: LocalCluster) -> None:
     # Prepare
     with _client(cluster) as client:
@@ -135,7 +128,7 @@ def test_an_etcd_restart_mid_job_loses_nothing(cluster: LocalCluster) -> None:
     assert final.state is JobState.SUCCEEDED, final.message
     assert final.rounds_completed == 25
     assert len(nodes) == 3
-    applied = _metric(cluster, "aggregator", 'tessera_contributions_total{decision="applied"')
+    applied = metric_sum(cluster, "aggregator", 'tessera_contributions_total{decision="applied"')
     assert applied == 25 * 3
 
 
@@ -153,7 +146,9 @@ def test_a_standby_scheduler_takes_over_when_the_leader_dies(tmp_path: Path) -> 
         assert final.state is JobState.SUCCEEDED, final.message
         assert final.rounds_completed == 25
         assert _leader(cluster) != leader
-        applied = _metric(cluster, "aggregator", 'tessera_contributions_total{decision="applied"')
+        applied = metric_sum(
+            cluster, "aggregator", 'tessera_contributions_total{decision="applied"'
+        )
         assert applied == 25 * 3
 
 

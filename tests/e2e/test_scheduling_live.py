@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from tessera.cli.cluster import LocalCluster
 from tessera.client import Client, JobConfig, JobState
+from tests.e2e.scrape import metric_sum
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
@@ -38,14 +38,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 def _tasks_by_worker(cluster: LocalCluster) -> list[float]:
     """Tasks each worker has finished so far (its Prometheus counter)."""
-    counts = []
-    for index in range(len(SLOWDOWNS)):
-        port = cluster.metrics_ports()[f"worker-{index}"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            lines = response.read().decode().splitlines()
-        prefix = "tessera_worker_tasks_total"
-        counts.append(sum(float(x.rsplit(" ", 1)[1]) for x in lines if x.startswith(prefix)))
-    return counts
+    return [
+        metric_sum(cluster, f"worker-{index}", "tessera_worker_tasks_total")
+        for index in range(len(SLOWDOWNS))
+    ]
 
 
 def _share_of_fast_nodes(cluster: LocalCluster, policy: str) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from tessera.cli.cluster import LocalCluster
 from tessera.client import Client, EventKind, JobConfig, JobState, RoundMetrics, load_model
 from tessera.ml.datasets import load_dataset
 from tessera.ml.federated import dirichlet_split
+from tests.e2e.scrape import metric_sum
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -44,11 +44,7 @@ def _rounds(client: Client, job_id: str) -> list[RoundMetrics]:
 
 
 def _worker_tasks(cluster: LocalCluster, worker: str) -> float:
-    port = cluster.metrics_ports()[worker]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    prefix = "tessera_worker_tasks_total"
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+    return metric_sum(cluster, worker, "tessera_worker_tasks_total")
 
 
 def test_diloco_reaches_the_target_and_its_model_loads_back_with_plain_torch(
