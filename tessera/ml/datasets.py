@@ -14,7 +14,7 @@ import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import ClassVar, TypeAlias
 
@@ -183,6 +183,13 @@ def shard_indices(num_items: int, num_shards: int, index: int, *, seed: int) -> 
     """
     if not 0 <= index < num_shards:
         raise InvalidSpec(f"shard index ({index}) must be in [0, {num_shards})")
+    return _shard(num_items, num_shards, index, seed)
+
+
+@lru_cache(maxsize=64)
+def _shard(num_items: int, num_shards: int, index: int, seed: int) -> torch.Tensor:
+    # Cached: every local step of a task draws its batch from the same shard. Callers only
+    # index the tensor, never change it.
     generator = torch.Generator().manual_seed(seed)
     permutation = torch.randperm(num_items, generator=generator)
     return permutation[index::num_shards]
