@@ -1,24 +1,31 @@
-"""Checkpoints of a job's model, optimizer, round and ledger (safetensors + JSON, no pickle).
+"""Checkpoints of a job's model, optimizer and round (safetensors + JSON, no pickle).
 
 Layout under ``<directory>/<job-id>/``: ``v<version>.safetensors`` (model parameters and the
-optimizer's tensors), ``v<version>.json`` (the job spec, optimizer hyper-parameters, round
-results and ledger entries) and ``LATEST``, naming the version. Each file is written to a
-temporary name and renamed; ``LATEST`` moves last, so a crash at any point leaves the previous
-checkpoint complete and current.
+optimizer's tensors), ``v<version>.json`` (the job spec, optimizer hyper-parameters, the open
+round and the last closed round's result) and ``LATEST``, naming the version. Each file is
+written to a temporary name and renamed; ``LATEST`` moves last, so a crash at any point leaves
+the previous checkpoint complete and current.
+
+A checkpoint's size does not grow with the job: it holds the last result only (what a retried
+CloseRound needs) and no ledger, since a round's contributions are never in a checkpoint (it is
+taken as the round closes) and a restarted aggregator runs an unfinished round again.
+
+A checkpoint is written before the round's close is answered, so the aggregator never holds
+less than the scheduler has been told; when the aggregator closes a round early (its last
+contribution in), the write overlaps the workers' reports.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from services.aggregator.ledger import Decision, LedgerEntry
 from tessera.common.errors import StoreCorrupt
 from tessera.common.ids import check_id
 
@@ -36,8 +43,8 @@ class Checkpoint:
     spec: dict[str, Any]
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
+    # The last closed round's result (empty before the first round closes).
     results: list[dict[str, Any]]
-    ledger: list[LedgerEntry]
     # The open round; None means ``version`` (they differ only in async mode).
     round: int | None = None
 
@@ -73,7 +80,6 @@ def save_checkpoint(directory: Path, job_id: str, checkpoint: Checkpoint) -> Non
         "spec": checkpoint.spec,
         "param_groups": groups,
         "results": checkpoint.results,
-        "ledger": [{**asdict(e), "decision": e.decision.value} for e in checkpoint.ledger],
     }
     _atomic_write(folder / f"{stem}.json", lambda p: p.write_text(json.dumps(meta)))
     _atomic_write(folder / "LATEST", lambda p: p.write_text(stem))
@@ -104,13 +110,11 @@ def load_checkpoint(directory: Path, job_id: str) -> Checkpoint | None:
         if key.startswith(_OPTIMIZER):
             index, name = key.removeprefix(_OPTIMIZER).split(".", 1)
             state.setdefault(int(index), {})[name] = value
-    ledger = [LedgerEntry(**{**e, "decision": Decision(e["decision"])}) for e in meta["ledger"]]
     return Checkpoint(
         version=int(meta["version"]),
         spec=meta["spec"],
         model=model,
         optimizer={"state": state, "param_groups": meta["param_groups"]},
         results=meta["results"],
-        ledger=ledger,
         round=int(meta.get("round", meta["version"])),
     )

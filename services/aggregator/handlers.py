@@ -9,8 +9,11 @@ ledger entry and metric) for a stream that is too large or malformed.
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -24,7 +27,13 @@ from services.aggregator.metrics import (
     ROUND_SECONDS,
     record_round,
 )
-from services.aggregator.models import Contribution, JobModel, Rejection, settings_from_spec
+from services.aggregator.models import (
+    Contribution,
+    JobModel,
+    Rejection,
+    RoundResult,
+    settings_from_spec,
+)
 from tessera.common.auth import ClusterKey
 from tessera.common.errors import InvalidSpec, NotFound, QuotaExceeded
 from tessera.common.grpc_auth import require_node
@@ -34,7 +43,9 @@ from tessera.v1 import aggregator_pb2, common_pb2
 from tessera.wire.frames import CHUNK_BYTES, encode_tensors, iter_chunks
 from tessera.wire.stream import chunks_after_header, metas_from_specs, specs_from_metas
 
-__all__ = ["Aggregator"]
+__all__ = ["Aggregator", "round_metrics"]
+
+log = logging.getLogger(__name__)
 
 _RECEIPT = aggregator_pb2.ReceiptStatus
 
@@ -55,6 +66,8 @@ class Aggregator:
         self._max_payload_bytes = max_payload_bytes
         self._jobs: dict[str, JobModel] = {}
         self._lock = threading.Lock()
+        # Closes rounds whose last contribution has just arrived (see ``push``).
+        self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="close")
 
     def job(self, job_id: str) -> JobModel:
         """The job's model.
@@ -105,6 +118,7 @@ class Aggregator:
             max_payload_bytes=self._max_payload_bytes,
             checkpoints=self._checkpoints,
             spec=json_format.MessageToDict(spec),
+            on_round_closed=functools.partial(_export_round, job_id),
         )
         if self._checkpoints is not None:
             checkpoint = load_checkpoint(self._checkpoints, job_id)
@@ -115,11 +129,23 @@ class Aggregator:
             return held.version, held.round
 
     def close_job(self, job_id: str) -> None:
-        """Forget a job (its ledger entries stay)."""
+        """The job is over: free its memory.
+
+        Its last checkpoint is on disk already (each round's is written before the close is
+        answered), and it comes back from there when asked for again (a model download, a late
+        push that is then refused as stale). Without checkpoints the job stays held: its model
+        is nowhere else. Its ledger entries stay either way.
+        """
+        if self._checkpoints is None:
+            return
         with self._lock:
             job = self._jobs.pop(job_id, None)
         if job is not None:
             job.close()
+
+    def close(self) -> None:
+        """Finish the rounds being closed early (at shutdown)."""
+        self._closer.shutdown(wait=True)
 
     def push(
         self, frames: Iterator[aggregator_pb2.GradientFrame | memoryview]
@@ -150,11 +176,13 @@ class Aggregator:
         c = Contribution(
             h.job_id, h.round, h.task_index, h.node_id, h.base_version, h.samples, h.loss
         )
+        # Before the header checks: a contribution already counted is a duplicate even after
+        # its round closed (a reassigned task's second push, once the first has closed it).
+        if job.is_duplicate(c):
+            return self._receipt(Decision.DUPLICATE, 0)
         rejection = job.check_header(c, metas)
         if rejection is not None:
             return self._rejected(job.reject(c, rejection))
-        if job.is_duplicate(c):
-            return self._receipt(Decision.DUPLICATE, 0)
         try:
             intake = job.intake(c, metas, max_bytes=self._max_payload_bytes)
         except QuotaExceeded as exc:
@@ -171,7 +199,18 @@ class Aggregator:
                 BYTES_RECEIVED.labels(codec).inc(count)
         if rejection is not None:
             return self._rejected(rejection)
+        if decision is Decision.APPLIED and job.complete(c.round):
+            # The scheduler's CloseRound is certain to follow; closing now overlaps the step
+            # and evaluation with the workers' reports, and CloseRound gets the stored result.
+            self._closer.submit(self._close_early, job, c.round)
         return self._receipt(decision, intake.assembler.received_bytes)
+
+    @staticmethod
+    def _close_early(job: JobModel, round_index: int) -> None:
+        try:
+            job.close_round(round_index, job.settings.tasks_per_round, early=True)
+        except Exception:  # noqa: BLE001 - the scheduler's CloseRound meets it and reports it
+            log.exception("job %s round %d was not closed early", job.job_id, round_index)
 
     @staticmethod
     def _receipt(decision: Decision, received: int) -> aggregator_pb2.PushReceipt:
@@ -209,19 +248,26 @@ class Aggregator:
 
     def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
         """Aggregate, step, evaluate; see ``JobModel.close_round``."""
-        result = self.job(job_id).close_round(round_index, num_tasks)
-        metrics = common_pb2.RoundMetrics(
-            round=result.round,
-            model_version=result.model_version,
-            train_loss=result.train_loss,
-            test_loss=result.test_loss,
-            test_accuracy=result.test_accuracy,
-            contributions=result.contributions,
-            seconds=result.seconds,
-            test_macro_f1=result.test_macro_f1,
-            test_perplexity=result.test_perplexity,
-            payload_bytes=result.payload_bytes,
-        )
-        record_round(job_id, metrics)
-        ROUND_SECONDS.observe(result.seconds)
-        return metrics
+        return round_metrics(self.job(job_id).close_round(round_index, num_tasks))
+
+
+def round_metrics(result: RoundResult) -> common_pb2.RoundMetrics:
+    """A closed round's result as the protobuf message."""
+    return common_pb2.RoundMetrics(
+        round=result.round,
+        model_version=result.model_version,
+        train_loss=result.train_loss,
+        test_loss=result.test_loss,
+        test_accuracy=result.test_accuracy,
+        contributions=result.contributions,
+        seconds=result.seconds,
+        test_macro_f1=result.test_macro_f1,
+        test_perplexity=result.test_perplexity,
+        payload_bytes=result.payload_bytes,
+    )
+
+
+def _export_round(job_id: str, result: RoundResult) -> None:
+    """Prometheus series of a round that has just closed (once per round)."""
+    record_round(job_id, round_metrics(result))
+    ROUND_SECONDS.observe(result.seconds)

@@ -71,17 +71,6 @@ class Ledger:
             )
             return True
 
-    def restore(self, entries: list[LedgerEntry]) -> None:
-        """Put back the decisions of a checkpoint (after a restart)."""
-        with self._lock:
-            for entry in entries:
-                self._entries.append(entry)
-                if entry.decision is Decision.APPLIED:
-                    key = (entry.job_id, entry.round, entry.task)
-                    if key not in self._applied:
-                        self._applied.add(key)
-                        self._applied_per_round[entry.job_id, entry.round] += 1
-
     def reject(
         self, job_id: str, round_index: int, task: int, node_id: str, reason: str, kind: str
     ) -> None:

@@ -28,7 +28,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,8 @@ class JobModel:
         pool_capacity: idle receive buffers kept for reuse (``ingest.BufferPool``).
         max_payload_bytes: the largest contribution the aggregator accepts; a model whose
             gradient could never fit is refused here, when the job is opened.
+        checkpoints: the folder a checkpoint is written to as each round closes (None: none).
+        on_round_closed: called once per round, as it closes (not for a repeated close).
 
     Raises:
         InvalidSpec: a setting the job cannot run with (rule, model, dataset, optimizer, or a
@@ -167,8 +169,10 @@ class JobModel:
         max_payload_bytes: int | None = None,
         checkpoints: Path | None = None,
         spec: dict[str, Any] | None = None,
+        on_round_closed: Callable[[RoundResult], None] | None = None,
     ) -> None:
         self.job_id = job_id
+        self._on_round_closed = on_round_closed
         self._checkpoints = checkpoints
         self._spec = spec or {}
         self.settings = settings
@@ -198,6 +202,8 @@ class JobModel:
         # The open round; equal to ``version`` except in async mode.
         self.round = 0
         self._snapshot = self._take_snapshot()
+        # (version, weights) of the version before an early close (see ``close_round``).
+        self._superseded: tuple[int, Mapping[str, torch.Tensor]] | None = None
         self._reset_round()
         self._results: dict[int, RoundResult] = {}
         self._round_started = time.monotonic()
@@ -221,9 +227,12 @@ class JobModel:
         """The published weights of ``version`` (0 = latest).
 
         Raises:
-            NotFound: that version is not held (only the latest is).
+            NotFound: that version is not held (the latest is, and the one before it while
+                the scheduler has not yet closed a round the aggregator closed early).
         """
         with self._lock:
+            if self._superseded is not None and version == self._superseded[0]:
+                return self._superseded
             if version not in (0, self.version):
                 raise NotFound(
                     f"job {self.job_id!r} model version {version} is not available; "
@@ -285,6 +294,20 @@ class JobModel:
                 f"{self.settings.max_staleness} (max_staleness)",
             )
         return None
+
+    def complete(self, round_index: int) -> bool:
+        """Whether every task of the open round ``round_index`` is in, so it may close now.
+
+        Never in async mode, whose rounds close only when the scheduler says so.
+        """
+        with self._lock:
+            return (
+                self.settings.mode != "async"
+                and round_index == self.round
+                and round_index not in self._results
+                and self._ledger.applied_count(self.job_id, round_index)
+                >= self.settings.tasks_per_round
+            )
 
     def is_duplicate(self, c: Contribution) -> bool:
         """Whether (job, round, task) is already applied; records the duplicate if so."""
@@ -397,15 +420,21 @@ class JobModel:
         self._ledger.reject(c.job_id, c.round, c.task, c.node_id, rejection.reason, rejection.kind)
         return rejection
 
-    def close_round(self, round_index: int, num_tasks: int) -> RoundResult:
+    def close_round(self, round_index: int, num_tasks: int, *, early: bool = False) -> RoundResult:
         """Combine the round's contributions, step, publish the next version, evaluate.
 
         Closing a round that is already closed returns its result again (retries are safe).
+        ``early``: the aggregator closes the round itself, its last contribution in, before
+        the scheduler says so. The version the round trained on stays available until the
+        scheduler's own close: a task it moved meanwhile (its node died after pushing) still
+        fetches that version, and its push is then answered DUPLICATE.
 
         Raises:
             Conflict: the round is not open, or not every task has contributed.
         """
         with self._lock:
+            if not early:
+                self._superseded = None
             if round_index in self._results:
                 return self._results[round_index]
             if round_index != self.round:
@@ -419,6 +448,8 @@ class JobModel:
                     "contributions"
                 )
             if self.settings.mode != "async":
+                if early:
+                    self._superseded = (self.version, self._snapshot)
                 self._step()
             evaluation = self._objective.evaluate(self._model)
             total = sum(s for _, s in self._losses)
@@ -441,7 +472,9 @@ class JobModel:
             self._results[round_index] = result
             self._reset_round()
             if self._checkpoints is not None:
-                self._save_checkpoint(self._checkpoints)
+                save_checkpoint(self._checkpoints, self.job_id, self._checkpoint(result))
+            if self._on_round_closed is not None:
+                self._on_round_closed(result)
             return result
 
     def _step(self) -> None:
@@ -456,32 +489,27 @@ class JobModel:
         self.version += 1
         self._snapshot = self._take_snapshot()
 
-    def _save_checkpoint(self, directory: Path) -> None:
-        """Write model, optimizer, version, results and ledger (caller holds the lock)."""
-        save_checkpoint(
-            directory,
-            self.job_id,
-            Checkpoint(
-                version=self.version,
-                round=self.round,
-                spec=self._spec,
-                model=self._snapshot,
-                optimizer=self._optimizer.state_dict(),
-                results=[dataclasses.asdict(r) for r in self._results.values()],
-                ledger=self._ledger.entries(self.job_id),
-            ),
+    def _checkpoint(self, result: RoundResult) -> Checkpoint:
+        """The state to carry on from after ``result``'s round (caller holds the lock)."""
+        return Checkpoint(
+            version=self.version,
+            round=self.round,
+            spec=self._spec,
+            model=self._snapshot,
+            optimizer=self._optimizer.state_dict(),
+            results=[dataclasses.asdict(result)],
         )
 
     def restore(self, checkpoint: Checkpoint) -> None:
-        """Carry on from a checkpoint: its model, optimizer state, version, results, ledger."""
+        """Carry on from a checkpoint: its model, optimizer state, version and last result."""
         with self._lock:
             self._model.load_state_dict(checkpoint.model)
             self._optimizer.load_state_dict(checkpoint.optimizer)
             self.version = checkpoint.version
             self.round = checkpoint.open_round
             self._snapshot = self._take_snapshot()
+            self._superseded = None
             self._results = {int(r["round"]): RoundResult(**r) for r in checkpoint.results}
-            self._ledger.restore(checkpoint.ledger)
             self._reset_round()
 
     def close(self) -> None:

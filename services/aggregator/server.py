@@ -62,9 +62,14 @@ def serve(config: AggregatorConfig) -> None:
     setup_logging(config.common.log_level)
     torch.set_num_threads(config.torch_threads)
     metrics_port = start_metrics(config.common.metrics_port)
-    server, port, health_servicer, _ = create_aggregator_server(config)
+    server, port, health_servicer, aggregator = create_aggregator_server(config)
+
+    def stop() -> None:
+        stop_server(server, health_servicer, grace=2.0)
+        aggregator.close()
+
     run_until_signalled(
-        lambda: stop_server(server, health_servicer, grace=2.0),
+        stop,
         ready_file=config.common.ready_file,
         ready_info={"service": "aggregator", "port": port, "metrics_port": metrics_port},
     )

@@ -54,6 +54,18 @@ class AggregatorClient:
         )
         return call_with_retry(lambda: self._stub.CloseRound(request, timeout=60), stop=self._stop)
 
+    def close_job(self, job_id: str) -> None:
+        """Tell the aggregator the job is over, so that it frees the job's memory.
+
+        Raises:
+            Unavailable: the aggregator cannot be reached.
+        """
+        request = aggregator_pb2.CloseJobRequest(job_id=job_id)
+        # Short patience: a job's end is not held up for long by an aggregator that is down.
+        call_with_retry(
+            lambda: self._stub.CloseJob(request, timeout=10), stop=self._stop, patience=5.0
+        )
+
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()

@@ -55,6 +55,10 @@ class AggregatorPort(Protocol):
         """Aggregate and step; return the metrics."""
         ...
 
+    def close_job(self, job_id: str) -> None:
+        """The job is over: free its memory (its checkpoint stays for downloads)."""
+        ...
+
 
 class JobRunner:
     """Runs one job to completion, cancellation or failure."""
@@ -89,6 +93,8 @@ class JobRunner:
         self._plans = PlacementCache()
         self._last_unplaced: tuple[str, ...] = ()
         self._recoveries: dict[int, int] = {}
+        # A closed round whose metrics are not in the store yet (see ``_record_round``).
+        self._unrecorded: tuple[int, common_pb2.RoundMetrics] | None = None
         self._thread = threading.Thread(target=self._run, name=f"job-{job.job_id}", daemon=True)
 
     # -- called from other threads -------------------------------------------------------------
@@ -212,8 +218,9 @@ class JobRunner:
             self.job.rounds_completed = round_index + 1
             self.job.model_version = metrics.model_version
             self.job.last_metrics.CopyFrom(metrics)
-            self._store.save_round(self.job, metrics)
-            self._publish(Kind.JOB_EVENT_KIND_ROUND_COMPLETED, round=round_index, metrics=metrics)
+            # Recorded once the next round's tasks are out (or as the job finishes): the
+            # aggregator already holds the new version, and the workers need not wait for etcd.
+            self._unrecorded = (round_index, metrics)
             round_index += 1
             if spec.target_accuracy and metrics.test_accuracy >= spec.target_accuracy:
                 self._finish(
@@ -228,6 +235,19 @@ class JobRunner:
                 )
                 return
         self._finish(common_pb2.JOB_STATE_SUCCEEDED, f"completed {round_index} rounds")
+
+    def _record_round(self) -> None:
+        """Store and announce the last closed round, if that has not happened yet.
+
+        A scheduler that dies before this loses only the round's record: its successor carries
+        on from the round the aggregator holds.
+        """
+        if self._unrecorded is None:
+            return
+        round_index, metrics = self._unrecorded
+        self._store.save_round(self.job, metrics)
+        self._unrecorded = None
+        self._publish(Kind.JOB_EVENT_KIND_ROUND_COMPLETED, round=round_index, metrics=metrics)
 
     def _recover_round(self, round_index: int, error: TesseraError) -> int:
         """Carry on after the aggregator lost a round's contributions (it restarted).
@@ -284,6 +304,7 @@ class JobRunner:
             self._round = state
             self._lost.clear()
             self._place_pending(state)
+        self._record_round()
         self._publish(Kind.JOB_EVENT_KIND_ROUND_STARTED, round=round_index)
         timeout = spec.task_timeout_seconds
         with self._cond:
@@ -440,6 +461,12 @@ class JobRunner:
     def _finish(self, final_state: common_pb2.JobState.ValueType, message: str) -> None:
         if self._abandoned:
             return
+        self._record_round()
+        try:
+            self._aggregator.close_job(self.job.job_id)
+        except TesseraError as exc:
+            # The job merely stays in the aggregator's memory.
+            log.warning("job %s: the aggregator did not close it: %s", self.job.job_id, exc)
         self.job.state = final_state
         self.job.message = message
         self.job.finished_at = time.time()

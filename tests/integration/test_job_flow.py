@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from services.aggregator.ledger import Decision
 from services.worker.heartbeat import HeartbeatSender
@@ -347,3 +348,50 @@ def test_rpcs_beyond_the_concurrency_cap_get_resource_exhausted(
         channel.close()
         scheduler.stop(grace=0)
         agg_server.stop(0).wait()
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_a_round_closes_as_its_last_contribution_lands_and_counts_once(
+    services: Cluster, node: str
+) -> None:
+    # Prepare: a job of two tasks per round; both tasks of round 0 in hand.
+    spec = common_pb2.JobSpec()
+    spec.CopyFrom(SPEC)
+    spec.rounds = 1
+    job_id = services.scheduler.SubmitJob(
+        scheduler_pb2.SubmitJobRequest(spec=spec), timeout=30
+    ).job_id
+    stream: Any = services.scheduler.StreamTasks(
+        scheduler_pb2.StreamTasksRequest(node_id=node), timeout=60
+    )
+    tasks = [next(stream), next(stream)]
+    gradient = _gradient(_fetch(services, job_id, 0))
+    job = services.aggregator_core.job(job_id)
+    # Execute: push both contributions; report neither yet.
+    first = [_push(services, task, node, gradient).status for task in tasks]
+    closed_early = _wait_for(lambda: job.version == 1)
+    late = _push(services, tasks[0], node, gradient)
+    for task in tasks:
+        assert _report(services, task, node)
+    watch = services.scheduler.WatchJob(scheduler_pb2.WatchJobRequest(job_id=job_id), timeout=30)
+    events = list(watch)
+    stream.cancel()
+    # Assert: version 1 was published before any report; the late push is a duplicate (not
+    # stale); the scheduler's CloseRound got that same round, and its bytes count once.
+    assert first == [aggregator_pb2.RECEIPT_STATUS_ACCEPTED] * 2
+    assert closed_early
+    assert late.status == aggregator_pb2.RECEIPT_STATUS_DUPLICATE
+    final = events[-1].job
+    assert final.state == common_pb2.JOB_STATE_SUCCEEDED and final.model_version == 1
+    rounds = [e.metrics for e in events if e.kind == scheduler_pb2.JOB_EVENT_KIND_ROUND_COMPLETED]
+    assert [m.contributions for m in rounds] == [2]
+    counted = REGISTRY.get_sample_value("tessera_job_payload_bytes_total", {"job": job_id})
+    assert counted == rounds[0].payload_bytes > 0

@@ -127,3 +127,28 @@ def test_the_zero_copy_registration_serves_every_method_of_the_service() -> None
 
     servicer = AggregatorServicer(Aggregator(max_payload_bytes=1))
     assert set(aggregator_handlers(servicer)) == {m.name for m in SERVICE.methods}
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_an_early_close_keeps_the_round_s_version_until_the_scheduler_closes_it(
+    early: bool,
+) -> None:
+    # Prepare: round 0 closed; both tasks of round 1 (trained on version 1) in.
+    job, _ = _job()
+    for task in (0, 1):
+        job.add(_c(task), _ones(job))
+    job.close_round(0, 2)
+    version_1 = {k: v.clone() for k, v in job.snapshot(1)[1].items()}
+    for task in (0, 1):
+        job.add(_c(task, round_index=1), _ones(job))
+    # Execute: the aggregator closes round 1 itself (or the scheduler does).
+    job.close_round(1, 2, early=early)
+    # Assert: after an early close a moved task can still fetch version 1; once the scheduler
+    # has closed the round, only the latest version is held.
+    if early:
+        held, weights = job.snapshot(1)
+        assert held == 1
+        assert all(torch.equal(weights[k], v) for k, v in version_1.items())
+        job.close_round(1, 2)
+    with pytest.raises(NotFound, match="model version 1 is not available; the latest is 2"):
+        job.snapshot(1)

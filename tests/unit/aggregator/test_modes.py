@@ -224,3 +224,20 @@ def test_diloco_pseudo_gradients_travel_through_codecs_and_robust_rules(
     for name, tensor in expected.items():
         assert torch.allclose(after[name], tensor, atol=1e-5)
     assert any(not torch.equal(after[n], start[n]) for n in job.parameter_metas)
+
+
+@pytest.mark.parametrize("mode", ["sync", "diloco", "async"])
+def test_a_round_is_complete_once_every_task_is_in_except_in_async_mode(mode: str) -> None:
+    # Prepare
+    job, _ = _job(mode, tasks=2, max_staleness=2)
+    # Execute
+    job.add(Contribution("j", 0, 0, "a", 0, 1, 1.0), _filled(job, 1.0))
+    after_one = job.complete(0)
+    job.add(Contribution("j", 0, 1, "b", 0, 1, 1.0), _filled(job, 1.0))
+    after_two = job.complete(0)
+    job.close_round(0, 2)
+    # Assert: async rounds close only when the scheduler says so; a closed round is not
+    # complete any more (nothing left to close).
+    assert not after_one
+    assert after_two is (mode != "async")
+    assert not job.complete(0)
