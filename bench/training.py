@@ -14,12 +14,14 @@ Sections (``--only`` picks some; all by default):
         diloco with plain SGD at lr 1.0 as the outer step is FedAvg), both on loopback. Flower
         runs in its own virtual environment (it needs protobuf < 7). Reported: the median
         per-round wall time of each (rounds after the first, between consecutive round
-        completions on the server side) and their ratio, and the final accuracy of each,
-        against both of Flower's runtimes: the deprecated ``start_server``/``start_client``
-        (the fastest) and the recommended deployment runtime (SuperLink, SuperNodes,
-        ``flwr run``).
+        completions on the server side), the median over ``--repeats`` back-to-back pairs of
+        their ratio, and the final accuracy of each, against both of Flower's runtimes: the
+        deprecated ``start_server``/``start_client`` (the fastest) and the recommended
+        deployment runtime (SuperLink, SuperNodes, ``flwr run``). ``--local-steps`` with
+        several values shows where coordination stops mattering next to local compute.
 
-Usage: ``python bench/training.py [--only lm,digits,flower] [--json]``.
+Usage: ``python bench/training.py [--only lm,digits,flower] [--hidden 128 1024x1024]
+[--local-steps 20] [--repeats 3] [--flower-runtimes legacy deployment] [--json]``.
 """
 
 from __future__ import annotations
@@ -189,43 +191,64 @@ def write_flower_data(folder: Path, job: JobConfig) -> None:
 
 
 def flower_section(
-    client: Client, venv: Path, hidden: tuple[int, ...], runtimes: list[str]
+    client: Client,
+    venv: Path,
+    hidden: tuple[int, ...],
+    runtimes: list[str],
+    local_steps: int,
+    repeats: int,
 ) -> dict[str, Any]:
-    """Tessera FedAvg (diloco, plain SGD at lr 1) against Flower FedAvg, same everything."""
-    job = FEDAVG_JOB.with_(hidden_sizes=hidden)
-    tessera = run_job(client, job)
-    tessera_round = statistics.median(tessera.round_seconds())
+    """Tessera FedAvg (diloco, plain SGD at lr 1) against Flower FedAvg, same everything.
+
+    Each runtime is compared ``repeats`` times, a Tessera job right before each Flower run, and
+    the ratio reported is the median of those pairs' ratios: on a shared machine the load
+    drifts over minutes, less so between two runs in a row.
+    """
+    job = FEDAVG_JOB.with_(hidden_sizes=hidden, inner_steps=local_steps)
+    # A few rounds first, so that no worker meets the model for the first time in a measured
+    # job (Flower's clock starts once its clients have connected, and its first round is not
+    # counted either).
+    run_job(client, job.with_(rounds=3))
     out: dict[str, Any] = {
         "hidden_sizes": list(hidden),
         "clients": job.tasks_per_round,
         "rounds": job.rounds,
         "local_steps": job.inner_steps,
-        "tessera_median_round_seconds": round(tessera_round, 4),
-        "tessera_final_accuracy": round(tessera.rounds[-1].test_accuracy, 4),
+        "repeats": repeats,
     }
     python = ensure_flower_venv(venv)
     with tempfile.TemporaryDirectory(prefix="tessera-flower-") as folder:
         write_flower_data(Path(folder), job)
         for runtime in runtimes:
-            flower = run_flower(
-                python,
-                Path(folder),
-                clients=job.tasks_per_round,
-                rounds=job.rounds,
-                local_steps=job.inner_steps,
-                batch_size=job.batch_size,
-                lr=job.inner_learning_rate,
-                seed=job.seed,
-                hidden=job.hidden_sizes,
-                timeout=900,
-                runtime=runtime,
-            )
-            flower_round = statistics.median(flower["round_seconds"][1:])
-            out[f"flower_{runtime}"] = {
+            pairs: list[tuple[Run, float, float]] = []
+            for _ in range(repeats):
+                tessera = run_job(client, job)
+                flower = run_flower(
+                    python,
+                    Path(folder),
+                    clients=job.tasks_per_round,
+                    rounds=job.rounds,
+                    local_steps=job.inner_steps,
+                    batch_size=job.batch_size,
+                    lr=job.inner_learning_rate,
+                    seed=job.seed,
+                    hidden=job.hidden_sizes,
+                    timeout=900,
+                    runtime=runtime,
+                )
+                flower_round = statistics.median(flower["round_seconds"][1:])
+                pairs.append((tessera, flower_round, flower["final_accuracy"]))
+            tessera_rounds = [statistics.median(t.round_seconds()) for t, _, _ in pairs]
+            flower_rounds = [f for _, f, _ in pairs]
+            ratios = [t / f for t, f in zip(tessera_rounds, flower_rounds, strict=True)]
+            out[f"vs_flower_{runtime}"] = {
                 "version": flower.get("flwr_version"),
-                "median_round_seconds": round(flower_round, 4),
-                "final_accuracy": round(flower["final_accuracy"], 4),
-                "round_time_ratio_tessera_over_flower": round(tessera_round / flower_round, 3),
+                "tessera_median_round_seconds": round(statistics.median(tessera_rounds), 4),
+                "flower_median_round_seconds": round(statistics.median(flower_rounds), 4),
+                "round_time_ratio_tessera_over_flower": round(statistics.median(ratios), 3),
+                "ratios": [round(r, 3) for r in ratios],
+                "tessera_final_accuracy": round(pairs[-1][0].rounds[-1].test_accuracy, 4),
+                "flower_final_accuracy": round(pairs[-1][2], 4),
             }
     return out
 
@@ -247,6 +270,19 @@ def main() -> None:
         help="MLP hidden sizes for the Flower comparison, e.g. 128 1024x1024",
     )
     parser.add_argument(
+        "--local-steps",
+        type=int,
+        nargs="+",
+        default=[FEDAVG_JOB.inner_steps],
+        help="local steps per round in the Flower comparison (each value is one comparison)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="Tessera/Flower pairs per comparison; the median ratio is reported",
+    )
+    parser.add_argument(
         "--flower-runtimes",
         nargs="+",
         default=["legacy", "deployment"],
@@ -266,8 +302,11 @@ def main() -> None:
                 summary["digits"] = digits_section(client)
             if "flower" in sections:
                 summary["flower"] = [
-                    flower_section(client, args.flower_venv, hidden, args.flower_runtimes)
+                    flower_section(
+                        client, args.flower_venv, hidden, args.flower_runtimes, steps, args.repeats
+                    )
                     for hidden in args.hidden
+                    for steps in args.local_steps
                 ]
             if "lm" in sections:
                 summary["lm"] = lm_section(client)
