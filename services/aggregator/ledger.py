@@ -1,10 +1,16 @@
-"""Exactly-once accounting of contributions, keyed by (job, round, task)."""
+"""Exactly-once accounting of contributions, keyed by (job, round, task).
+
+Memory stays bounded over long jobs: the applied keys of rounds before the last closed one are
+dropped (``forget_before``), since a contribution for such a round is refused as stale anyway,
+and the decision log keeps the most recent ``max_entries`` decisions. Totals by decision and
+reason live in Prometheus (``tessera_contributions_total``).
+"""
 
 from __future__ import annotations
 
 import enum
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 __all__ = ["Decision", "Ledger", "LedgerEntry"]
@@ -32,14 +38,14 @@ class LedgerEntry:
 
 
 class Ledger:
-    """Every decision, in order; at most one APPLIED per (job, round, task).
+    """Recent decisions, in order; at most one APPLIED per (job, round, task).
 
     Thread-safe. ``claim`` is the single point where exactly-once is decided.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = 20_000) -> None:
         self._lock = threading.Lock()
-        self._entries: list[LedgerEntry] = []
+        self._entries: deque[LedgerEntry] = deque(maxlen=max_entries)
         self._applied: set[tuple[str, int, int]] = set()
         self._applied_per_round: Counter[tuple[str, int]] = Counter()
 
@@ -80,8 +86,18 @@ class Ledger:
                 LedgerEntry(job_id, round_index, task, node_id, Decision.REJECTED, reason, kind)
             )
 
+    def forget_before(self, job_id: str, round_index: int) -> None:
+        """Drop the job's applied keys of rounds before ``round_index``."""
+        with self._lock:
+            old = [key for key in self._applied if key[0] == job_id and key[1] < round_index]
+            for key in old:
+                self._applied.discard(key)
+            for job_round in [k for k in self._applied_per_round if k[0] == job_id]:
+                if job_round[1] < round_index:
+                    del self._applied_per_round[job_round]
+
     def entries(self, job_id: str | None = None) -> list[LedgerEntry]:
-        """A copy of the decisions, optionally for one job."""
+        """A copy of the recent decisions, optionally for one job."""
         with self._lock:
             return [e for e in self._entries if job_id is None or e.job_id == job_id]
 

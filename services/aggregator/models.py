@@ -141,6 +141,11 @@ def staleness_weight(staleness: int) -> float:
     return float((1 + staleness) ** -0.5)
 
 
+# Closed rounds whose results are kept for a repeated CloseRound (only the last is ever asked
+# again; one more for safety).
+_RESULTS_KEPT = 2
+
+
 class JobModel:
     """Model, optimizer and the open round of one job. Thread-safe.
 
@@ -347,10 +352,7 @@ class JobModel:
             for chunk in chunks:
                 intake.write(chunk)
                 if self.settings.mode != "async" and self.version != c.round:
-                    rejection = Rejection(
-                        "stale", f"round {c.round} closed while the contribution arrived"
-                    )
-                    return Decision.REJECTED, self.reject(c, rejection)
+                    return self._closed_meanwhile(c)
             tensors = intake.tensors()
         except NonFinite as exc:
             return Decision.REJECTED, self.reject(c, Rejection("non_finite", str(exc)))
@@ -377,10 +379,7 @@ class JobModel:
             if self.settings.mode == "async":
                 return self._apply_async(c, tensors, intake)
             if c.round != self.version:
-                rejection = Rejection(
-                    "stale", f"round {c.round} closed while the contribution arrived"
-                )
-                return Decision.REJECTED, self.reject(c, rejection)
+                return self._closed_meanwhile(c)
             if not self._ledger.claim(c.job_id, c.round, c.task, c.node_id):
                 return Decision.DUPLICATE, None
             self._payload_bytes += _payload_size(tensors, intake)
@@ -394,6 +393,17 @@ class JobModel:
                     intake.keep()
             self._losses.append((c.loss, c.samples))
         return Decision.APPLIED, None
+
+    def _closed_meanwhile(self, c: Contribution) -> tuple[Decision, Rejection | None]:
+        """The decision about ``c`` when its round closed while it arrived.
+
+        A duplicate if its task was counted (a round may close with another push of the same
+        task, as soon as every task is in), else stale.
+        """
+        if self._ledger.note_duplicate(c.job_id, c.round, c.task, c.node_id):
+            return Decision.DUPLICATE, None
+        rejection = Rejection("stale", f"round {c.round} closed while the contribution arrived")
+        return Decision.REJECTED, self.reject(c, rejection)
 
     def _apply_async(
         self, c: Contribution, tensors: Mapping[str, torch.Tensor], intake: Intake | None
@@ -470,7 +480,11 @@ class JobModel:
             )
             self._round_started = now
             self._results[round_index] = result
+            while len(self._results) > _RESULTS_KEPT:
+                del self._results[next(iter(self._results))]
             self._reset_round()
+            # This round's keys stay: a moved task may still push into it (see ``early``).
+            self._ledger.forget_before(self.job_id, round_index)
             if self._checkpoints is not None:
                 save_checkpoint(self._checkpoints, self.job_id, self._checkpoint(result))
             if self._on_round_closed is not None:

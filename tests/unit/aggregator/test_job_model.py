@@ -152,3 +152,41 @@ def test_an_early_close_keeps_the_round_s_version_until_the_scheduler_closes_it(
         job.close_round(1, 2)
     with pytest.raises(NotFound, match="model version 1 is not available; the latest is 2"):
         job.snapshot(1)
+
+
+def test_a_long_job_keeps_only_recent_rounds_in_memory() -> None:
+    # Prepare
+    job, ledger = _job()
+    small = Ledger(max_entries=3)
+    for index in range(5):
+        small.reject("j", index, 0, "n", "why", "stale")
+    # Execute: six rounds of two tasks.
+    for round_index in range(6):
+        for task in (0, 1):
+            job.add(_c(task, round_index), _ones(job))
+        job.close_round(round_index, 2)
+    # Assert: the last closed round's keys are kept (a moved task may still push into it),
+    # older ones are gone; so are old results; the decision log keeps its last entries.
+    assert ledger.applied_count("j", 5) == 2
+    assert ledger.applied_count("j", 4) == 0
+    assert job.is_duplicate(_c(0, 5))
+    assert not job.is_duplicate(_c(0, 4))
+    assert job.close_round(5, 2).round == 5
+    with pytest.raises(Conflict):
+        job.close_round(2, 2)
+    assert [e.round for e in small.entries()] == [2, 3, 4]
+
+
+def test_a_push_whose_round_closed_meanwhile_is_a_duplicate_only_if_its_task_counted() -> None:
+    # Prepare: round 0 closed with task 0 only (task 1 dropped).
+    job, ledger = _job()
+    job.add(_c(0), _ones(job))
+    job.close_round(0, 1)
+    # Execute: both tasks arrive again after the close (as a push still receiving would).
+    again = job.add(_c(0), _ones(job))
+    late = job.add(_c(1), _ones(job))
+    # Assert
+    assert again == (Decision.DUPLICATE, None)
+    assert late[0] is Decision.REJECTED and late[1] is not None
+    assert "round 0 closed while the contribution arrived" in late[1].reason
+    assert ledger.rejections("j") == {"stale": 1}
