@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import grpc
 
 from tessera.common.channels import open_channel
 from tessera.common.client_auth import with_credentials
-from tessera.common.rpc import call_with_retry
-from tessera.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2
+from tessera.common.rpc import call_with_retry, translate_rpc_errors
+from tessera.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2, tensor_pb2
 
 __all__ = ["AggregatorClient"]
 
@@ -53,6 +54,31 @@ class AggregatorClient:
             job_id=job_id, round=round_index, num_tasks=num_tasks
         )
         return call_with_retry(lambda: self._stub.CloseRound(request, timeout=60), stop=self._stop)
+
+    def small_model(
+        self, job_id: str, version: int, max_bytes: int
+    ) -> tuple[list[tensor_pb2.TensorSpec], bytes] | None:
+        """The tensor table and payload of a model version, or None if over ``max_bytes``.
+
+        Raises:
+            NotFound: the aggregator does not hold that version.
+            Unavailable: the aggregator cannot be reached.
+        """
+        request = aggregator_pb2.GetModelRequest(job_id=job_id, version=version)
+        call: Any = self._stub.GetModel(request, timeout=10)
+        with translate_rpc_errors():
+            try:
+                frames = iter(call)
+                first = next(frames, None)
+                if first is None or first.header.version != version:
+                    return None
+                header = first.header
+                if sum(t.byte_length for t in header.tensors) > max_bytes:
+                    return None
+                payload = b"".join(frame.chunk for frame in frames)
+            finally:
+                call.cancel()
+        return list(header.tensors), payload
 
     def close_job(self, job_id: str) -> None:
         """Tell the aggregator the job is over, so that it frees the job's memory.

@@ -27,7 +27,7 @@ from services.scheduler.planner import (
 from services.scheduler.rounds import RoundState, TaskState
 from services.scheduler.store import JobStore
 from tessera.common.errors import Conflict, NotFound, NotLeader, TesseraError
-from tessera.v1 import common_pb2, scheduler_pb2
+from tessera.v1 import common_pb2, scheduler_pb2, tensor_pb2
 
 __all__ = ["AggregatorPort", "JobRunner", "TicketMinter"]
 
@@ -40,6 +40,9 @@ Kind = scheduler_pb2.JobEventKind
 # After this many placements of the same task in one round the job fails: something is wrong
 # with the task itself, not with the nodes.
 MAX_ATTEMPTS = 8
+# Models up to this size ride along with their tasks: one fetch by the scheduler per round
+# instead of one per task, each of which costs more in call overhead than in bytes.
+INLINE_MODEL_BYTES = 256 * 1024
 
 
 class AggregatorPort(Protocol):
@@ -57,6 +60,12 @@ class AggregatorPort(Protocol):
 
     def close_job(self, job_id: str) -> None:
         """The job is over: free its memory (its checkpoint stays for downloads)."""
+        ...
+
+    def small_model(
+        self, job_id: str, version: int, max_bytes: int
+    ) -> tuple[list[tensor_pb2.TensorSpec], bytes] | None:
+        """A model version's tensor table and payload, or None if over ``max_bytes``."""
         ...
 
 
@@ -95,6 +104,8 @@ class JobRunner:
         self._recoveries: dict[int, int] = {}
         # A closed round whose metrics are not in the store yet (see ``_record_round``).
         self._unrecorded: tuple[int, common_pb2.RoundMetrics] | None = None
+        # (version, tensor table, payload) of a small model sent along with tasks.
+        self._inline: tuple[int, list[tensor_pb2.TensorSpec], bytes] | None = None
         self._thread = threading.Thread(target=self._run, name=f"job-{job.job_id}", daemon=True)
 
     # -- called from other threads -------------------------------------------------------------
@@ -222,6 +233,7 @@ class JobRunner:
             # aggregator already holds the new version, and the workers need not wait for etcd.
             self._unrecorded = (round_index, metrics)
             round_index += 1
+            self._inline = self._small_model(metrics.model_version)
             if spec.target_accuracy and metrics.test_accuracy >= spec.target_accuracy:
                 self._finish(
                     common_pb2.JOB_STATE_SUCCEEDED,
@@ -235,6 +247,23 @@ class JobRunner:
                 )
                 return
         self._finish(common_pb2.JOB_STATE_SUCCEEDED, f"completed {round_index} rounds")
+
+    def _small_model(self, version: int) -> tuple[int, list[tensor_pb2.TensorSpec], bytes] | None:
+        """The model to send along with the next round's tasks, if small (see INLINE_MODEL_BYTES).
+
+        Async tasks fetch the latest version themselves. Any failure only means the workers
+        fetch the model as usual.
+        """
+        if self.job.spec.mode == "async":
+            return None
+        try:
+            model = self._aggregator.small_model(self.job.job_id, version, INLINE_MODEL_BYTES)
+        except TesseraError as exc:
+            log.info(
+                "job %s: model %d not sent along with tasks: %s", self.job.job_id, version, exc
+            )
+            return None
+        return None if model is None else (version, *model)
 
     def _record_round(self) -> None:
         """Store and announce the last closed round, if that has not happened yet.
@@ -443,7 +472,7 @@ class JobRunner:
         ticket = (
             self._tickets(self.job.job_id, round_index, index, node_id) if self._tickets else ""
         )
-        return scheduler_pb2.Task(
+        task = scheduler_pb2.Task(
             ticket=ticket,
             job_id=self.job.job_id,
             round=round_index,
@@ -453,6 +482,10 @@ class JobRunner:
             spec=self.job.spec,
             aggregator_address=self._aggregator.address,
         )
+        if self._inline is not None and self._inline[0] == self.job.model_version:
+            task.model_tensors.extend(self._inline[1])
+            task.model_payload = self._inline[2]
+        return task
 
     def _retract_all(self, state: RoundState) -> None:
         for task in state.outstanding():

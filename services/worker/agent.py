@@ -287,11 +287,23 @@ class WorkerAgent:
     def _fetch_model_patiently(
         self, aggregator: _AggregatorLink, task: scheduler_pb2.Task
     ) -> tuple[int, dict[str, torch.Tensor]]:
-        """``_fetch_model``, riding out an aggregator restart.
+        """The task's model: the one sent along with it, else ``_fetch_model``.
 
-        Retries for up to ``_AGGREGATOR_PATIENCE`` seconds, so that a brief outage does not use
-        up the task's attempts.
+        Fetching retries for up to ``_AGGREGATOR_PATIENCE`` seconds, so that a brief
+        aggregator outage does not use up the task's attempts.
         """
+        if task.model_payload and task.spec.mode != "async":
+            try:
+                metas = metas_from_specs(task.model_tensors)
+                assembler = assemble(metas, [task.model_payload], max_bytes=_MAX_MODEL_BYTES)
+                return int(task.model_version), assembler.tensors()
+            except TesseraError as exc:
+                log.warning(
+                    "model sent with task %s/%s unusable (%s); fetching it",
+                    task.round,
+                    task.task_index,
+                    exc,
+                )
         give_up_at = time.monotonic() + _AGGREGATOR_PATIENCE
         backoff = Backoff(initial=0.1, maximum=2.0)
         while True:

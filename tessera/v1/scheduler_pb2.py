@@ -23,47 +23,48 @@ _sym_db = _symbol_database.Default()
 
 
 from tessera.v1 import common_pb2 as tessera_dot_v1_dot_common__pb2
+from tessera.v1 import tensor_pb2 as tessera_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atessera/v1/scheduler.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\"5\n\x10SubmitJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.tessera.v1.JobSpec\"#\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"1\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.tessera.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"#\n\x11GetMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x12GetMetricsResponse\x12(\n\x06rounds\x18\x01 \x03(\x0b\x32\x18.tessera.v1.RoundMetrics\"\xbd\x01\n\x08JobEvent\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.tessera.v1.JobEventKind\x12\x1c\n\x03job\x18\x02 \x01(\x0b\x32\x0f.tessera.v1.Job\x12\r\n\x05round\x18\x03 \x01(\r\x12)\n\x07metrics\x18\x04 \x01(\x0b\x32\x18.tessera.v1.RoundMetrics\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nlive_nodes\x18\x06 \x01(\r\x12\x0c\n\x04time\x18\x07 \x01(\x01\"%\n\x12StreamTasksRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xb2\x01\n\x04Task\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x12\n\ntask_index\x18\x03 \x01(\r\x12\x11\n\tnum_tasks\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12!\n\x04spec\x18\x06 \x01(\x0b\x32\x13.tessera.v1.JobSpec\x12\x1a\n\x12\x61ggregator_address\x18\x07 \x01(\t\x12\x0e\n\x06ticket\x18\x08 \x01(\t\"\xbc\x01\n\x11ReportTaskRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x12\n\ntask_index\x18\x04 \x01(\r\x12(\n\x07outcome\x18\x05 \x01(\x0e\x32\x17.tessera.v1.TaskOutcome\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x17\n\x0f\x63ompute_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07samples\x18\x08 \x01(\x04\"&\n\x12ReportTaskResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08*\x90\x02\n\x0cJobEventKind\x12\x1e\n\x1aJOB_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17JOB_EVENT_KIND_SNAPSHOT\x10\x01\x12 \n\x1cJOB_EVENT_KIND_ROUND_STARTED\x10\x02\x12\"\n\x1eJOB_EVENT_KIND_ROUND_COMPLETED\x10\x03\x12\"\n\x1eJOB_EVENT_KIND_TASK_REASSIGNED\x10\x04\x12\x1b\n\x17JOB_EVENT_KIND_FINISHED\x10\x05\x12\x1a\n\x16JOB_EVENT_KIND_WAITING\x10\x06\x12 \n\x1cJOB_EVENT_KIND_TASKS_DROPPED\x10\x07*`\n\x0bTaskOutcome\x12\x1c\n\x18TASK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_OUTCOME_SUCCEEDED\x10\x01\x12\x17\n\x13TASK_OUTCOME_FAILED\x10\x02\x32\xac\x04\n\tScheduler\x12H\n\tSubmitJob\x12\x1c.tessera.v1.SubmitJobRequest\x1a\x1d.tessera.v1.SubmitJobResponse\x12\x34\n\x06GetJob\x12\x19.tessera.v1.GetJobRequest\x1a\x0f.tessera.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.tessera.v1.ListJobsRequest\x1a\x1c.tessera.v1.ListJobsResponse\x12?\n\x08WatchJob\x12\x1b.tessera.v1.WatchJobRequest\x1a\x14.tessera.v1.JobEvent0\x01\x12:\n\tCancelJob\x12\x1c.tessera.v1.CancelJobRequest\x1a\x0f.tessera.v1.Job\x12K\n\nGetMetrics\x12\x1d.tessera.v1.GetMetricsRequest\x1a\x1e.tessera.v1.GetMetricsResponse\x12\x41\n\x0bStreamTasks\x12\x1e.tessera.v1.StreamTasksRequest\x1a\x10.tessera.v1.Task0\x01\x12K\n\nReportTask\x12\x1d.tessera.v1.ReportTaskRequest\x1a\x1e.tessera.v1.ReportTaskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atessera/v1/scheduler.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\x1a\x17tessera/v1/tensor.proto\"5\n\x10SubmitJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.tessera.v1.JobSpec\"#\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"1\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.tessera.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"#\n\x11GetMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x12GetMetricsResponse\x12(\n\x06rounds\x18\x01 \x03(\x0b\x32\x18.tessera.v1.RoundMetrics\"\xbd\x01\n\x08JobEvent\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.tessera.v1.JobEventKind\x12\x1c\n\x03job\x18\x02 \x01(\x0b\x32\x0f.tessera.v1.Job\x12\r\n\x05round\x18\x03 \x01(\r\x12)\n\x07metrics\x18\x04 \x01(\x0b\x32\x18.tessera.v1.RoundMetrics\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nlive_nodes\x18\x06 \x01(\r\x12\x0c\n\x04time\x18\x07 \x01(\x01\"%\n\x12StreamTasksRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xf8\x01\n\x04Task\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x12\n\ntask_index\x18\x03 \x01(\r\x12\x11\n\tnum_tasks\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12!\n\x04spec\x18\x06 \x01(\x0b\x32\x13.tessera.v1.JobSpec\x12\x1a\n\x12\x61ggregator_address\x18\x07 \x01(\t\x12\x0e\n\x06ticket\x18\x08 \x01(\t\x12-\n\rmodel_tensors\x18\t \x03(\x0b\x32\x16.tessera.v1.TensorSpec\x12\x15\n\rmodel_payload\x18\n \x01(\x0c\"\xbc\x01\n\x11ReportTaskRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x12\n\ntask_index\x18\x04 \x01(\r\x12(\n\x07outcome\x18\x05 \x01(\x0e\x32\x17.tessera.v1.TaskOutcome\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x17\n\x0f\x63ompute_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07samples\x18\x08 \x01(\x04\"&\n\x12ReportTaskResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08*\x90\x02\n\x0cJobEventKind\x12\x1e\n\x1aJOB_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17JOB_EVENT_KIND_SNAPSHOT\x10\x01\x12 \n\x1cJOB_EVENT_KIND_ROUND_STARTED\x10\x02\x12\"\n\x1eJOB_EVENT_KIND_ROUND_COMPLETED\x10\x03\x12\"\n\x1eJOB_EVENT_KIND_TASK_REASSIGNED\x10\x04\x12\x1b\n\x17JOB_EVENT_KIND_FINISHED\x10\x05\x12\x1a\n\x16JOB_EVENT_KIND_WAITING\x10\x06\x12 \n\x1cJOB_EVENT_KIND_TASKS_DROPPED\x10\x07*`\n\x0bTaskOutcome\x12\x1c\n\x18TASK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_OUTCOME_SUCCEEDED\x10\x01\x12\x17\n\x13TASK_OUTCOME_FAILED\x10\x02\x32\xac\x04\n\tScheduler\x12H\n\tSubmitJob\x12\x1c.tessera.v1.SubmitJobRequest\x1a\x1d.tessera.v1.SubmitJobResponse\x12\x34\n\x06GetJob\x12\x19.tessera.v1.GetJobRequest\x1a\x0f.tessera.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.tessera.v1.ListJobsRequest\x1a\x1c.tessera.v1.ListJobsResponse\x12?\n\x08WatchJob\x12\x1b.tessera.v1.WatchJobRequest\x1a\x14.tessera.v1.JobEvent0\x01\x12:\n\tCancelJob\x12\x1c.tessera.v1.CancelJobRequest\x1a\x0f.tessera.v1.Job\x12K\n\nGetMetrics\x12\x1d.tessera.v1.GetMetricsRequest\x1a\x1e.tessera.v1.GetMetricsResponse\x12\x41\n\x0bStreamTasks\x12\x1e.tessera.v1.StreamTasksRequest\x1a\x10.tessera.v1.Task0\x01\x12K\n\nReportTask\x12\x1d.tessera.v1.ReportTaskRequest\x1a\x1e.tessera.v1.ReportTaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBEVENTKIND']._serialized_start=1078
-  _globals['_JOBEVENTKIND']._serialized_end=1350
-  _globals['_TASKOUTCOME']._serialized_start=1352
-  _globals['_TASKOUTCOME']._serialized_end=1448
-  _globals['_SUBMITJOBREQUEST']._serialized_start=67
-  _globals['_SUBMITJOBREQUEST']._serialized_end=120
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=122
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=157
-  _globals['_GETJOBREQUEST']._serialized_start=159
-  _globals['_GETJOBREQUEST']._serialized_end=190
-  _globals['_LISTJOBSREQUEST']._serialized_start=192
-  _globals['_LISTJOBSREQUEST']._serialized_end=209
-  _globals['_LISTJOBSRESPONSE']._serialized_start=211
-  _globals['_LISTJOBSRESPONSE']._serialized_end=260
-  _globals['_WATCHJOBREQUEST']._serialized_start=262
-  _globals['_WATCHJOBREQUEST']._serialized_end=295
-  _globals['_CANCELJOBREQUEST']._serialized_start=297
-  _globals['_CANCELJOBREQUEST']._serialized_end=331
-  _globals['_GETMETRICSREQUEST']._serialized_start=333
-  _globals['_GETMETRICSREQUEST']._serialized_end=368
-  _globals['_GETMETRICSRESPONSE']._serialized_start=370
-  _globals['_GETMETRICSRESPONSE']._serialized_end=432
-  _globals['_JOBEVENT']._serialized_start=435
-  _globals['_JOBEVENT']._serialized_end=624
-  _globals['_STREAMTASKSREQUEST']._serialized_start=626
-  _globals['_STREAMTASKSREQUEST']._serialized_end=663
-  _globals['_TASK']._serialized_start=666
-  _globals['_TASK']._serialized_end=844
-  _globals['_REPORTTASKREQUEST']._serialized_start=847
-  _globals['_REPORTTASKREQUEST']._serialized_end=1035
-  _globals['_REPORTTASKRESPONSE']._serialized_start=1037
-  _globals['_REPORTTASKRESPONSE']._serialized_end=1075
-  _globals['_SCHEDULER']._serialized_start=1451
-  _globals['_SCHEDULER']._serialized_end=2007
+  _globals['_JOBEVENTKIND']._serialized_start=1173
+  _globals['_JOBEVENTKIND']._serialized_end=1445
+  _globals['_TASKOUTCOME']._serialized_start=1447
+  _globals['_TASKOUTCOME']._serialized_end=1543
+  _globals['_SUBMITJOBREQUEST']._serialized_start=92
+  _globals['_SUBMITJOBREQUEST']._serialized_end=145
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=147
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=182
+  _globals['_GETJOBREQUEST']._serialized_start=184
+  _globals['_GETJOBREQUEST']._serialized_end=215
+  _globals['_LISTJOBSREQUEST']._serialized_start=217
+  _globals['_LISTJOBSREQUEST']._serialized_end=234
+  _globals['_LISTJOBSRESPONSE']._serialized_start=236
+  _globals['_LISTJOBSRESPONSE']._serialized_end=285
+  _globals['_WATCHJOBREQUEST']._serialized_start=287
+  _globals['_WATCHJOBREQUEST']._serialized_end=320
+  _globals['_CANCELJOBREQUEST']._serialized_start=322
+  _globals['_CANCELJOBREQUEST']._serialized_end=356
+  _globals['_GETMETRICSREQUEST']._serialized_start=358
+  _globals['_GETMETRICSREQUEST']._serialized_end=393
+  _globals['_GETMETRICSRESPONSE']._serialized_start=395
+  _globals['_GETMETRICSRESPONSE']._serialized_end=457
+  _globals['_JOBEVENT']._serialized_start=460
+  _globals['_JOBEVENT']._serialized_end=649
+  _globals['_STREAMTASKSREQUEST']._serialized_start=651
+  _globals['_STREAMTASKSREQUEST']._serialized_end=688
+  _globals['_TASK']._serialized_start=691
+  _globals['_TASK']._serialized_end=939
+  _globals['_REPORTTASKREQUEST']._serialized_start=942
+  _globals['_REPORTTASKREQUEST']._serialized_end=1130
+  _globals['_REPORTTASKRESPONSE']._serialized_start=1132
+  _globals['_REPORTTASKRESPONSE']._serialized_end=1170
+  _globals['_SCHEDULER']._serialized_start=1546
+  _globals['_SCHEDULER']._serialized_end=2102
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from tessera.v1 import common_pb2 as _common_pb2
+from tessera.v1 import tensor_pb2 as _tensor_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -311,6 +312,8 @@ class Task(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     AGGREGATOR_ADDRESS_FIELD_NUMBER: _builtins.int
     TICKET_FIELD_NUMBER: _builtins.int
+    MODEL_TENSORS_FIELD_NUMBER: _builtins.int
+    MODEL_PAYLOAD_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     task_index: _builtins.int
@@ -320,8 +323,15 @@ class Task(_message.Message):
     """Where to fetch the model and push the contribution."""
     ticket: _builtins.str
     """Signed by the scheduler: lets this node push this task's contribution."""
+    model_payload: _builtins.bytes
     @_builtins.property
     def spec(self) -> _common_pb2.JobSpec: ...
+    @_builtins.property
+    def model_tensors(self) -> _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorSpec]:
+        """A small model (up to 256 KiB) at model_version rides along, as GetModel would stream it:
+        the tensor table and the payload. Empty: fetch it from the aggregator.
+        """
+
     def __init__(
         self,
         *,
@@ -333,10 +343,12 @@ class Task(_message.Message):
         spec: _common_pb2.JobSpec | None = ...,
         aggregator_address: _builtins.str = ...,
         ticket: _builtins.str = ...,
+        model_tensors: _abc.Iterable[_tensor_pb2.TensorSpec] | None = ...,
+        model_payload: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator_address", b"aggregator_address", "job_id", b"job_id", "model_version", b"model_version", "num_tasks", b"num_tasks", "round", b"round", "spec", b"spec", "task_index", b"task_index", "ticket", b"ticket"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator_address", b"aggregator_address", "job_id", b"job_id", "model_payload", b"model_payload", "model_tensors", b"model_tensors", "model_version", b"model_version", "num_tasks", b"num_tasks", "round", b"round", "spec", b"spec", "task_index", b"task_index", "ticket", b"ticket"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -395,3 +395,43 @@ def test_a_round_closes_as_its_last_contribution_lands_and_counts_once(
     assert [m.contributions for m in rounds] == [2]
     counted = REGISTRY.get_sample_value("tessera_job_payload_bytes_total", {"job": job_id})
     assert counted == rounds[0].payload_bytes > 0
+
+
+def _inline_weights(task: scheduler_pb2.Task) -> dict[str, torch.Tensor]:
+    metas = metas_from_specs(task.model_tensors)
+    return assemble(metas, [task.model_payload], max_bytes=1 << 30).tensors()
+
+
+@pytest.mark.parametrize(("hidden", "inline"), [([], True), ([300, 300], False)])
+def test_a_small_model_rides_along_with_its_tasks(
+    services: Cluster, node: str, hidden: list[int], inline: bool
+) -> None:
+    # Prepare: two rounds of one task; the default MLP (hidden 128) is 38 KB, the 300x300 one
+    # 0.4 MB (over the 256 KiB limit).
+    spec = common_pb2.JobSpec()
+    spec.CopyFrom(SPEC)
+    spec.tasks_per_round = 1
+    spec.hidden_sizes.extend(hidden)
+    job_id = services.scheduler.SubmitJob(
+        scheduler_pb2.SubmitJobRequest(spec=spec), timeout=30
+    ).job_id
+    stream: Any = services.scheduler.StreamTasks(
+        scheduler_pb2.StreamTasksRequest(node_id=node), timeout=60
+    )
+    # Execute: run round 0 by hand, take round 1's task.
+    first = next(stream)
+    zeros = {k: torch.zeros_like(v) for k, v in _fetch(services, job_id, 0).items()}
+    assert _push(services, first, node, zeros).status == aggregator_pb2.RECEIPT_STATUS_ACCEPTED
+    assert _report(services, first, node)
+    second = next(stream)
+    stream.cancel()
+    # Assert: round 0 had nothing to send along; round 1 carries version 1 exactly as GetModel
+    # streams it, when small.
+    assert not first.model_payload and second.model_version == 1
+    if inline:
+        fetched = _fetch(services, job_id, 1)
+        carried = _inline_weights(second)
+        assert carried.keys() == fetched.keys()
+        assert all(torch.equal(carried[k], fetched[k]) for k in fetched)
+    else:
+        assert not second.model_payload and not second.model_tensors
