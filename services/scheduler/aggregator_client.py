@@ -60,6 +60,8 @@ class AggregatorClient:
     ) -> tuple[list[tensor_pb2.TensorSpec], bytes] | None:
         """The tensor table and payload of a model version, or None if over ``max_bytes``.
 
+        Also None if the aggregator answers with another version.
+
         Raises:
             NotFound: the aggregator does not hold that version.
             Unavailable: the aggregator cannot be reached.

@@ -106,6 +106,7 @@ class JobRunner:
         self._unrecorded: tuple[int, common_pb2.RoundMetrics] | None = None
         # (version, tensor table, payload) of a small model sent along with tasks.
         self._inline: tuple[int, list[tensor_pb2.TensorSpec], bytes] | None = None
+        self._inline_fits = True
         self._thread = threading.Thread(target=self._run, name=f"job-{job.job_id}", daemon=True)
 
     # -- called from other threads -------------------------------------------------------------
@@ -233,7 +234,6 @@ class JobRunner:
             # aggregator already holds the new version, and the workers need not wait for etcd.
             self._unrecorded = (round_index, metrics)
             round_index += 1
-            self._inline = self._small_model(metrics.model_version)
             if spec.target_accuracy and metrics.test_accuracy >= spec.target_accuracy:
                 self._finish(
                     common_pb2.JOB_STATE_SUCCEEDED,
@@ -246,6 +246,8 @@ class JobRunner:
                     f"reached target loss {spec.target_loss} in {round_index} rounds",
                 )
                 return
+            if round_index < spec.rounds:
+                self._inline = self._small_model(metrics.model_version)
         self._finish(common_pb2.JOB_STATE_SUCCEEDED, f"completed {round_index} rounds")
 
     def _small_model(self, version: int) -> tuple[int, list[tensor_pb2.TensorSpec], bytes] | None:
@@ -254,7 +256,7 @@ class JobRunner:
         Async tasks fetch the latest version themselves. Any failure only means the workers
         fetch the model as usual.
         """
-        if self.job.spec.mode == "async":
+        if self.job.spec.mode == "async" or not self._inline_fits:
             return None
         try:
             model = self._aggregator.small_model(self.job.job_id, version, INLINE_MODEL_BYTES)
@@ -263,7 +265,11 @@ class JobRunner:
                 "job %s: model %d not sent along with tasks: %s", self.job.job_id, version, exc
             )
             return None
-        return None if model is None else (version, *model)
+        if model is None:
+            # A job's model keeps its size: do not ask again.
+            self._inline_fits = False
+            return None
+        return (version, *model)
 
     def _record_round(self) -> None:
         """Store and announce the last closed round, if that has not happened yet.
