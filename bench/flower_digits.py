@@ -504,6 +504,7 @@ def logged(path: Path, text: str) -> bool:
 
 
 def stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each of ``procs``, then SIGKILL whatever outlives the grace."""
     for proc in procs:
         if proc.poll() is None:
             proc.terminate()
@@ -712,16 +713,7 @@ def stop_tree(procs: Sequence[subprocess.Popen[bytes]]) -> None:
     """
     below = descendants(proc.pid for proc in procs)
     signal_all(below, signal.SIGTERM)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    end = time.monotonic() + _KILL_GRACE
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_all(procs)
     # Children of the children are not ours to wait for; whatever is left of them goes now,
     # together with anything they started since the first look.
     signal_all([*below, *descendants(below)], signal.SIGKILL)

@@ -93,6 +93,17 @@ def _push(
     return receipt
 
 
+def _submit_and_stream(cluster: Cluster, node_id: str, spec: common_pb2.JobSpec) -> tuple[str, Any]:
+    """Submit ``spec`` and open ``node_id``'s task stream; return the job id and the stream."""
+    job_id = cluster.scheduler.SubmitJob(
+        scheduler_pb2.SubmitJobRequest(spec=spec), timeout=30
+    ).job_id
+    stream = cluster.scheduler.StreamTasks(
+        scheduler_pb2.StreamTasksRequest(node_id=node_id), timeout=60
+    )
+    return job_id, stream
+
+
 def _report(cluster: Cluster, task: scheduler_pb2.Task, node_id: str) -> bool:
     request = scheduler_pb2.ReportTaskRequest(
         node_id=node_id,
@@ -110,12 +121,7 @@ def test_a_hand_driven_worker_completes_a_job_with_exactly_once_accounting(
 ) -> None:
     # Prepare
     node_id = node
-    job_id = services.scheduler.SubmitJob(
-        scheduler_pb2.SubmitJobRequest(spec=SPEC), timeout=30
-    ).job_id
-    stream: Any = services.scheduler.StreamTasks(
-        scheduler_pb2.StreamTasksRequest(node_id=node_id), timeout=60
-    )
+    job_id, stream = _submit_and_stream(services, node_id, SPEC)
     receipts: list[int] = []
     # Execute: two rounds of two tasks; every contribution is pushed twice (a retry).
     for _ in range(4):
@@ -152,12 +158,7 @@ def test_bad_contributions_are_rejected_with_reasons_and_never_applied(
     services: Cluster, node: str
 ) -> None:
     node_id = node
-    job_id = services.scheduler.SubmitJob(
-        scheduler_pb2.SubmitJobRequest(spec=SPEC), timeout=30
-    ).job_id
-    stream: Any = services.scheduler.StreamTasks(
-        scheduler_pb2.StreamTasksRequest(node_id=node_id), timeout=60
-    )
+    job_id, stream = _submit_and_stream(services, node_id, SPEC)
     task = next(stream)
     gradient = _gradient(_fetch(services, job_id, 0))
     bad_shape = dict(gradient, **{"1.weight": torch.zeros(3, 3)})
@@ -366,12 +367,7 @@ def test_a_round_closes_as_its_last_contribution_lands_and_counts_once(
     spec = common_pb2.JobSpec()
     spec.CopyFrom(SPEC)
     spec.rounds = 1
-    job_id = services.scheduler.SubmitJob(
-        scheduler_pb2.SubmitJobRequest(spec=spec), timeout=30
-    ).job_id
-    stream: Any = services.scheduler.StreamTasks(
-        scheduler_pb2.StreamTasksRequest(node_id=node), timeout=60
-    )
+    job_id, stream = _submit_and_stream(services, node, spec)
     tasks = [next(stream), next(stream)]
     gradient = _gradient(_fetch(services, job_id, 0))
     job = services.aggregator_core.job(job_id)
@@ -412,12 +408,7 @@ def test_a_small_model_rides_along_with_its_tasks(
     spec.CopyFrom(SPEC)
     spec.tasks_per_round = 1
     spec.hidden_sizes.extend(hidden)
-    job_id = services.scheduler.SubmitJob(
-        scheduler_pb2.SubmitJobRequest(spec=spec), timeout=30
-    ).job_id
-    stream: Any = services.scheduler.StreamTasks(
-        scheduler_pb2.StreamTasksRequest(node_id=node), timeout=60
-    )
+    job_id, stream = _submit_and_stream(services, node, spec)
     # Execute: run round 0 by hand, take round 1's task.
     first = next(stream)
     zeros = {k: torch.zeros_like(v) for k, v in _fetch(services, job_id, 0).items()}
