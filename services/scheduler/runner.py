@@ -102,8 +102,6 @@ class JobRunner:
         self._plans = PlacementCache()
         self._last_unplaced: tuple[str, ...] = ()
         self._recoveries: dict[int, int] = {}
-        # A closed round whose metrics are not in the store yet (see ``_record_round``).
-        self._unrecorded: tuple[int, common_pb2.RoundMetrics] | None = None
         # (version, tensor table, payload) of a small model sent along with tasks.
         self._inline: tuple[int, list[tensor_pb2.TensorSpec], bytes] | None = None
         self._inline_fits = True
@@ -230,9 +228,10 @@ class JobRunner:
             self.job.rounds_completed = round_index + 1
             self.job.model_version = metrics.model_version
             self.job.last_metrics.CopyFrom(metrics)
-            # Recorded once the next round's tasks are out (or as the job finishes): the
-            # aggregator already holds the new version, and the workers need not wait for etcd.
-            self._unrecorded = (round_index, metrics)
+            # Recorded before the next round starts: a watcher's snapshot (the job as it is
+            # now) must never count a round whose event it has yet to receive.
+            self._store.save_round(self.job, metrics)
+            self._publish(Kind.JOB_EVENT_KIND_ROUND_COMPLETED, round=round_index, metrics=metrics)
             round_index += 1
             if spec.target_accuracy and metrics.test_accuracy >= spec.target_accuracy:
                 self._finish(
@@ -270,19 +269,6 @@ class JobRunner:
             self._inline_fits = False
             return None
         return (version, *model)
-
-    def _record_round(self) -> None:
-        """Store and announce the last closed round, if that has not happened yet.
-
-        A scheduler that dies before this loses only the round's record: its successor carries
-        on from the round the aggregator holds.
-        """
-        if self._unrecorded is None:
-            return
-        round_index, metrics = self._unrecorded
-        self._store.save_round(self.job, metrics)
-        self._unrecorded = None
-        self._publish(Kind.JOB_EVENT_KIND_ROUND_COMPLETED, round=round_index, metrics=metrics)
 
     def _recover_round(self, round_index: int, error: TesseraError) -> int:
         """Carry on after the aggregator lost a round's contributions (it restarted).
@@ -339,7 +325,6 @@ class JobRunner:
             self._round = state
             self._lost.clear()
             self._place_pending(state)
-        self._record_round()
         self._publish(Kind.JOB_EVENT_KIND_ROUND_STARTED, round=round_index)
         timeout = spec.task_timeout_seconds
         with self._cond:
@@ -500,7 +485,6 @@ class JobRunner:
     def _finish(self, final_state: common_pb2.JobState.ValueType, message: str) -> None:
         if self._abandoned:
             return
-        self._record_round()
         try:
             self._aggregator.close_job(self.job.job_id)
         except TesseraError as exc:
