@@ -15,7 +15,6 @@ A job spec names its rule and options as data; ``get_rule("krum", f=2, m=3)`` bu
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ from services.aggregator.rules.mean import Mean, RunningMean
 from services.aggregator.rules.median import Median
 from services.aggregator.rules.trimmed_mean import TrimmedMean
 from tessera.common.errors import InvalidSpec
+from tessera.common.factories import check_options
 
 __all__ = [
     "RULES",
@@ -74,7 +74,7 @@ def get_rule(name: str, **options: Any) -> AggregationRule:
             f"unknown aggregation rule {name!r}; valid rules: {', '.join(sorted(RULES))}"
         ) from None
     try:
-        inspect.signature(factory).bind(**options)
+        check_options(factory, options)
     except TypeError as exc:
         raise InvalidSpec(
             f"aggregation rule {name!r} does not take options {options}: {exc}"

@@ -12,7 +12,6 @@ into an instance. Hyphenated spellings from the command line (``min-min``) are a
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from services.scheduler.policies.base import (
 from services.scheduler.policies.genetic import Genetic
 from services.scheduler.policies.greedy import Lpt, MaxMin, MinMin, RoundRobin, Sufferage
 from tessera.common.errors import InvalidSpec
+from tessera.common.factories import check_options
 
 __all__ = [
     "POLICIES",
@@ -84,7 +84,7 @@ def get_policy(name: str, **options: Any) -> SchedulingPolicy:
             f"unknown scheduling policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}"
         )
     try:
-        inspect.signature(factory).bind(**options)
+        check_options(factory, options)
     except TypeError as exc:
         raise InvalidSpec(f"scheduling policy {key!r}: {exc}") from None
     return factory(**options)

@@ -17,13 +17,13 @@ codec it used, which is the one to write in the header.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from tessera.common.errors import InvalidSpec
+from tessera.common.factories import check_options
 from tessera.wire.codecs.base import Codec, TensorMeta, dtype_from_name, dtype_name
 from tessera.wire.codecs.bf16 import Bf16Codec
 from tessera.wire.codecs.feedback import ErrorFeedback
@@ -89,7 +89,7 @@ def get_codec(name: str, **options: Any) -> Codec:
             f"unknown codec {name!r}; valid codecs: {', '.join(sorted(CODECS))}"
         ) from None
     try:
-        inspect.signature(factory).bind(**options)
+        check_options(factory, options)
     except TypeError as exc:
         raise InvalidSpec(f"codec {name!r} does not take options {options}: {exc}") from None
     return factory(**options)
