@@ -1,10 +1,11 @@
-"""Checkpoints of a job's model, optimizer and round (safetensors + JSON, no pickle).
+"""Checkpoints of a job's model, optimizer and round (safetensors, no pickle).
 
-Layout under ``<directory>/<job-id>/``: ``v<version>.safetensors`` (model parameters and the
-optimizer's tensors), ``v<version>.json`` (the job spec, optimizer hyper-parameters, the open
-round and the last closed round's result) and ``LATEST``, naming the version. Each file is
-written to a temporary name and renamed; ``LATEST`` moves last, so a crash at any point leaves
-the previous checkpoint complete and current.
+A checkpoint is one file, ``<directory>/<job-id>/checkpoint.safetensors``: the model's parameters
+and the optimizer's tensors, with the job spec, the optimizer's hyper-parameters, the open round
+and the last closed round's result as JSON in the file's metadata. It is written to a temporary
+name, synced to disk and renamed over the previous one, so a crash at any point leaves the
+previous checkpoint whole. (One file costs one sync and one rename per round; a file per part
+and a pointer to the current version cost three of each.)
 
 A checkpoint's size does not grow with the job: it holds the last result only (what a retried
 CloseRound needs) and no ledger, since a round's contributions are never in a checkpoint (it is
@@ -24,15 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save
 
 from tessera.common.errors import StoreCorrupt
 from tessera.common.ids import check_id
+from tessera.ml.checkpoint import load_model
 
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 _MODEL = "model."
 _OPTIMIZER = "optimizer."
+_FILE = "checkpoint.safetensors"
+_META = "tessera.checkpoint"  # metadata key of the JSON part
 
 
 @dataclass(frozen=True)
@@ -54,38 +58,32 @@ class Checkpoint:
         return self.version if self.round is None else self.round
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as handle:
+def _write_durably(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    os.replace(temporary, path)
 
 
 def save_checkpoint(directory: Path, job_id: str, checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` and make it the job's current one; older versions are removed."""
+    """Write ``checkpoint`` over the job's current one."""
     folder = directory / check_id(job_id, "job_id")
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {_MODEL + k: v.detach().contiguous() for k, v in checkpoint.model.items()}
-    groups = checkpoint.optimizer["param_groups"]
     for index, state in checkpoint.optimizer["state"].items():
         for name, value in state.items():
             tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
             tensors[f"{_OPTIMIZER}{index}.{name}"] = tensor.detach().contiguous()
-    stem = f"v{checkpoint.version}"
-    _atomic_write(folder / f"{stem}.safetensors", lambda p: save_file(tensors, str(p)))
     meta = {
         "version": checkpoint.version,
         "round": checkpoint.open_round,
         "spec": checkpoint.spec,
-        "param_groups": groups,
+        "param_groups": checkpoint.optimizer["param_groups"],
         "results": checkpoint.results,
     }
-    _atomic_write(folder / f"{stem}.json", lambda p: p.write_text(json.dumps(meta)))
-    _atomic_write(folder / "LATEST", lambda p: p.write_text(stem))
-    for old in folder.glob("v*"):
-        if old.stem != stem and not old.name.endswith(".tmp"):
-            old.unlink(missing_ok=True)
+    _write_durably(folder / _FILE, save(tensors, metadata={_META: json.dumps(meta)}))
 
 
 def load_checkpoint(directory: Path, job_id: str) -> Checkpoint | None:
@@ -94,16 +92,14 @@ def load_checkpoint(directory: Path, job_id: str) -> Checkpoint | None:
     Raises:
         StoreCorrupt: the checkpoint exists but cannot be read.
     """
-    folder = directory / check_id(job_id, "job_id")
-    latest = folder / "LATEST"
-    if not latest.exists():
+    path = directory / check_id(job_id, "job_id") / _FILE
+    if not path.is_file():
         return None
+    tensors, metadata = load_model(path)
     try:
-        stem = latest.read_text().strip()
-        meta = json.loads((folder / f"{stem}.json").read_text())
-        tensors = load_file(str(folder / f"{stem}.safetensors"))
-    except (OSError, ValueError) as exc:
-        raise StoreCorrupt(f"checkpoint of job {job_id!r} is unreadable: {exc}") from exc
+        meta = json.loads(metadata[_META])
+    except (KeyError, ValueError) as exc:
+        raise StoreCorrupt(f"checkpoint of job {job_id!r} has no readable metadata") from exc
     model = {k.removeprefix(_MODEL): v for k, v in tensors.items() if k.startswith(_MODEL)}
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

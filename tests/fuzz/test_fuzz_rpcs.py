@@ -428,8 +428,8 @@ def test_oversized_node_ids_never_reach_the_ledger(open_cluster: FuzzCluster) ->
 def test_long_job_id_is_not_an_internal_error(
     fuzz_cluster: FuzzCluster, name: str, body: Any
 ) -> None:
-    # An unknown job is looked for among the checkpoints as <checkpoint-dir>/<job-id>/LATEST;
-    # a 256-byte id is past the file system's name limit, and the OSError becomes INTERNAL.
+    # An unknown job is looked for among the checkpoints, in <checkpoint-dir>/<job-id>/; a
+    # 256-byte id is past the file system's name limit, and the OSError becomes INTERNAL.
     outcome = TARGETS[name].run(fuzz_cluster.context, Case(body))
     assert outcome.code in ALLOWED_CODES, outcome
 

@@ -1,12 +1,15 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from services.aggregator.checkpoint import load_checkpoint
 from services.aggregator.handlers import Aggregator
 from services.aggregator.ledger import Ledger
 from services.aggregator.models import Contribution, JobModel, settings_from_spec
+from tessera.common.errors import StoreCorrupt
+from tessera.ml.checkpoint import load_model, save_model
 from tessera.v1 import common_pb2
 
 _SPEC = common_pb2.JobSpec(
@@ -49,29 +52,33 @@ def test_a_restored_job_continues_exactly_where_the_checkpoint_left_it(tmp_path:
         assert torch.equal(fresh.snapshot(0)[1][name], tensor)
     assert fresh._optimizer.state_dict()["state"][0]["step"] == 2  # noqa: SLF001
     assert fresh.close_round(1, 1).model_version == 2  # closing again returns the stored result
-    assert sorted(p.name for p in (tmp_path / "j").iterdir()) == [
-        "LATEST",
-        "v2.json",
-        "v2.safetensors",
-    ]
+    assert [p.name for p in (tmp_path / "j").iterdir()] == ["checkpoint.safetensors"]
 
 
 def test_checkpoints_do_not_grow_with_the_number_of_rounds(tmp_path: Path) -> None:
     # Prepare
     job = _job(tmp_path)
+    path = tmp_path / "j" / "checkpoint.safetensors"
     sizes = []
     # Execute
     for rounds in (range(0, 2), range(2, 30)):
         _run_rounds(job, rounds)
-        sizes.append(len((tmp_path / "j" / f"v{rounds.stop}.json").read_bytes()))
+        sizes.append(path.stat().st_size)
     # Assert: one result each, and the same size after 2 rounds and after 30.
-    meta = json.loads((tmp_path / "j" / "v30.json").read_text())
+    meta = json.loads(load_model(path)[1]["tessera.checkpoint"])
     assert [r["round"] for r in meta["results"]] == [29]
     assert abs(sizes[1] - sizes[0]) < 64, sizes
 
 
 def test_no_checkpoint_means_none(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path, "missing") is None
+
+
+def test_a_checkpoint_without_its_metadata_is_corrupt(tmp_path: Path) -> None:
+    (tmp_path / "j").mkdir()
+    save_model(tmp_path / "j" / "checkpoint.safetensors", {"model.w": torch.zeros(2)})
+    with pytest.raises(StoreCorrupt, match="job 'j'"):
+        load_checkpoint(tmp_path, "j")
 
 
 def test_a_closed_job_is_let_go_and_comes_back_from_its_checkpoint(tmp_path: Path) -> None:
