@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["RoundState", "TaskRecord", "TaskState"]
 
@@ -104,6 +105,17 @@ class RoundState:
         for index in dropped:
             self.drop(index)
         return dropped
+
+    def records(self) -> list[tuple[int, dict[str, Any]]]:
+        """Each task as stored with its closed round.
+
+        Its final state, the node that did it (empty if dropped) and every node it was placed
+        on, in order.
+        """
+        return [
+            (t.index, {"state": t.state.value, "node": t.node_id, "placed_on": list(t.history)})
+            for t in self.tasks
+        ]
 
     @property
     def done(self) -> bool:

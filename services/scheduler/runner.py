@@ -216,12 +216,14 @@ class JobRunner:
         self._store.save_job(self.job)
         round_index = self.job.rounds_completed
         while round_index < spec.rounds:
-            reported = self._run_round(round_index)
-            if reported is None:
+            state = self._run_round(round_index)
+            if state is None:
                 self._finish(common_pb2.JOB_STATE_CANCELLED, "cancelled")
                 return
             try:
-                metrics = self._aggregator.close_round(self.job.job_id, round_index, reported)
+                metrics = self._aggregator.close_round(
+                    self.job.job_id, round_index, state.done_count()
+                )
             except (Conflict, NotFound) as exc:
                 round_index = self._recover_round(round_index, exc)
                 continue
@@ -230,7 +232,7 @@ class JobRunner:
             self.job.last_metrics.CopyFrom(metrics)
             # Recorded before the next round starts: a watcher's snapshot (the job as it is
             # now) must never count a round whose event it has yet to receive.
-            self._store.save_round(self.job, metrics)
+            self._store.save_round(self.job, metrics, state.records())
             self._publish(Kind.JOB_EVENT_KIND_ROUND_COMPLETED, round=round_index, metrics=metrics)
             round_index += 1
             if spec.target_accuracy and metrics.test_accuracy >= spec.target_accuracy:
@@ -310,8 +312,8 @@ class JobRunner:
                 self._nodes_changed = False
         return False
 
-    def _run_round(self, round_index: int) -> int | None:
-        """Run one round until it may close; return how many tasks reported (None: cancelled).
+    def _run_round(self, round_index: int) -> RoundState | None:
+        """Run one round until it may close; return its final state (None: cancelled).
 
         A round closes when every task has reported or was dropped, or at its deadline once a
         quorum has reported; the unfinished tasks are then dropped, and WatchJob says which.
@@ -344,7 +346,7 @@ class JobRunner:
                     wait = min(wait, max(0.01, deadline - now))
                 self._cond.wait(timeout=wait)
             self._round = None
-            return state.done_count()
+            return state
 
     def _drop_unfinished(self, state: RoundState, why: str) -> None:
         self._retract_all(state)
@@ -452,12 +454,9 @@ class JobRunner:
             self._publish(Kind.JOB_EVENT_KIND_WAITING, round=state.round, message=message)
         self._last_unplaced = placement.unplaced_reasons
         now = time.monotonic()
-        records = []
         for index, node_id in placement.nodes_of_tasks.items():
             self._assigned_at[index] = now
             self._dispatcher.send(node_id, self._task(state.round, index, node_id))
-            records.append((index, {"node": node_id, "state": TaskState.ASSIGNED.value}))
-        self._store.save_tasks(self.job.job_id, state.round, records)
 
     def _task(self, round_index: int, index: int, node_id: str) -> scheduler_pb2.Task:
         ticket = (

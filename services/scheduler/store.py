@@ -56,17 +56,15 @@ class JobStore(Protocol):
             StoreCorrupt: a record cannot be decoded.
         """
 
-    def save_tasks(
-        self, job_id: str, round_index: int, tasks: Sequence[tuple[int, dict[str, Any]]]
+    def save_round(
+        self,
+        job: common_pb2.Job,
+        metrics: common_pb2.RoundMetrics,
+        tasks: Sequence[tuple[int, dict[str, Any]]] = (),
     ) -> None:
-        """Write task records (index, JSON-able state) of one round in one transaction.
+        """Write a closed round: its metrics, task records and the updated job record.
 
-        Raises:
-            StoreUnavailable: the store cannot be reached.
-        """
-
-    def save_round(self, job: common_pb2.Job, metrics: common_pb2.RoundMetrics) -> None:
-        """Write a round's metrics and the updated job record in one transaction.
+        One transaction; ``tasks`` are (index, JSON-able state) pairs.
 
         Raises:
             StoreUnavailable: the store cannot be reached.
@@ -127,21 +125,11 @@ class EtcdJobStore:
         jobs = [_decode_job(raw) for raw, _meta in rows]
         return sorted(jobs, key=lambda j: j.created_at)
 
-    def save_tasks(  # noqa: D102
-        self, job_id: str, round_index: int, tasks: Sequence[tuple[int, dict[str, Any]]]
-    ) -> None:
-        if not tasks:
-            return
-        puts = [
-            self._client.transactions.put(
-                self._keys.task(job_id, round_index, index), json.dumps(state)
-            )
-            for index, state in tasks
-        ]
-        self._write("task write", puts)
-
     def save_round(  # noqa: D102 - contract in JobStore
-        self, job: common_pb2.Job, metrics: common_pb2.RoundMetrics
+        self,
+        job: common_pb2.Job,
+        metrics: common_pb2.RoundMetrics,
+        tasks: Sequence[tuple[int, dict[str, Any]]] = (),
     ) -> None:
         txn = self._client.transactions
         puts = [
@@ -150,6 +138,10 @@ class EtcdJobStore:
                 self._keys.round_metrics(job.job_id, metrics.round),
                 json_format.MessageToJson(metrics, indent=0),
             ),
+        ]
+        puts += [
+            txn.put(self._keys.task(job.job_id, metrics.round, index), json.dumps(state))
+            for index, state in tasks
         ]
         self._write("round write", puts)
 
@@ -310,15 +302,13 @@ class PatientJobStore:
     def list_jobs(self) -> list[common_pb2.Job]:  # noqa: D102
         return self._retry("job listing", self._inner.list_jobs)
 
-    def save_tasks(  # noqa: D102
-        self, job_id: str, round_index: int, tasks: Sequence[tuple[int, dict[str, Any]]]
-    ) -> None:
-        self._retry("task write", lambda: self._inner.save_tasks(job_id, round_index, tasks))
-
     def save_round(  # noqa: D102
-        self, job: common_pb2.Job, metrics: common_pb2.RoundMetrics
+        self,
+        job: common_pb2.Job,
+        metrics: common_pb2.RoundMetrics,
+        tasks: Sequence[tuple[int, dict[str, Any]]] = (),
     ) -> None:
-        self._retry("round write", lambda: self._inner.save_round(job, metrics))
+        self._retry("round write", lambda: self._inner.save_round(job, metrics, tasks))
 
     def round_metrics(self, job_id: str) -> list[common_pb2.RoundMetrics]:  # noqa: D102
         return self._retry("metrics read", lambda: self._inner.round_metrics(job_id))

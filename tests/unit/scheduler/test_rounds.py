@@ -51,3 +51,19 @@ def test_done_tasks_are_never_moved() -> None:
     state.assign({0: "b"})
     assert state.tasks[0].node_id == "a"
     assert state.tasks[0].state is TaskState.DONE
+
+
+def test_records_say_how_each_task_ended_and_where_it_ran() -> None:
+    # Prepare: task 0 moves from a lost node to b and reports; task 1 is dropped.
+    state = RoundState(3, 2)
+    state.assign({0: "a", 1: "a"})
+    state.release_nodes({"a"})
+    state.assign({0: "b"})
+    state.complete(0, "b")
+    # Execute
+    state.drop_unfinished()
+    # Assert
+    assert state.records() == [
+        (0, {"state": "done", "node": "b", "placed_on": ["a", "b"]}),
+        (1, {"state": "dropped", "node": "", "placed_on": ["a"]}),
+    ]
