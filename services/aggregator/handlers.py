@@ -246,9 +246,28 @@ class Aggregator:
             # Counted once handed to gRPC: a download cut short counts what was sent.
             MODEL_BYTES_SENT.labels("none").inc(len(chunk))
 
-    def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
-        """Aggregate, step, evaluate; see ``JobModel.close_round``."""
-        return round_metrics(self.job(job_id).close_round(round_index, num_tasks))
+    def close_round(
+        self, job_id: str, round_index: int, num_tasks: int, model_max_bytes: int = 0
+    ) -> aggregator_pb2.CloseRoundResponse:
+        """Aggregate, step, evaluate; see ``JobModel.close_round``.
+
+        The answer carries the new model version too if its payload fits ``model_max_bytes``
+        (and the version is still held: in async mode newer ones may have replaced it).
+        """
+        job = self.job(job_id)
+        result = job.close_round(round_index, num_tasks)
+        response = aggregator_pb2.CloseRoundResponse(metrics=round_metrics(result))
+        if model_max_bytes > 0:
+            try:
+                version, weights = job.snapshot(result.model_version)
+            except NotFound:
+                return response
+            encoded = encode_tensors(weights, "none")
+            if version == result.model_version and encoded.total_bytes <= model_max_bytes:
+                response.model_tensors.extend(specs_from_metas(encoded.metas))
+                response.model_payload = b"".join(encoded.payloads)
+                MODEL_BYTES_SENT.labels("none").inc(encoded.total_bytes)
+        return response
 
 
 def round_metrics(result: RoundResult) -> common_pb2.RoundMetrics:

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from services.aggregator.handlers import Aggregator
-from tessera.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2
+from tessera.v1 import aggregator_pb2, aggregator_pb2_grpc
 from tessera.wire.stream import frame_parser
 
 __all__ = ["SERVICE", "AggregatorServicer", "add_aggregator_servicer", "aggregator_handlers"]
@@ -42,8 +42,10 @@ class AggregatorServicer(aggregator_pb2_grpc.AggregatorServicer):
 
     def CloseRound(  # noqa: D102, N802
         self, request: aggregator_pb2.CloseRoundRequest, context: grpc.ServicerContext
-    ) -> common_pb2.RoundMetrics:
-        return self._aggregator.close_round(request.job_id, request.round, request.num_tasks)
+    ) -> aggregator_pb2.CloseRoundResponse:
+        return self._aggregator.close_round(
+            request.job_id, request.round, request.num_tasks, request.model_max_bytes
+        )
 
     def CloseJob(  # noqa: D102, N802
         self, request: aggregator_pb2.CloseJobRequest, context: grpc.ServicerContext
@@ -87,7 +89,7 @@ def aggregator_handlers(servicer: AggregatorServicer) -> dict[str, grpc.RpcMetho
         "CloseRound": grpc.unary_unary_rpc_method_handler(
             servicer.CloseRound,
             pb.CloseRoundRequest.FromString,
-            common_pb2.RoundMetrics.SerializeToString,
+            pb.CloseRoundResponse.SerializeToString,
         ),
         "CloseJob": grpc.unary_unary_rpc_method_handler(
             servicer.CloseJob, pb.CloseJobRequest.FromString, pb.CloseJobResponse.SerializeToString

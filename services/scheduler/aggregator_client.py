@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import grpc
 
 from tessera.common.channels import open_channel
 from tessera.common.client_auth import with_credentials
-from tessera.common.rpc import call_with_retry, translate_rpc_errors
-from tessera.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2, tensor_pb2
+from tessera.common.rpc import call_with_retry
+from tessera.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2
 
 __all__ = ["AggregatorClient"]
 
@@ -43,44 +42,24 @@ class AggregatorClient:
         response = call_with_retry(lambda: self._stub.OpenJob(request, timeout=60), stop=self._stop)
         return int(response.model_version), int(response.round)
 
-    def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
+    def close_round(
+        self, job_id: str, round_index: int, num_tasks: int, model_max_bytes: int = 0
+    ) -> aggregator_pb2.CloseRoundResponse:
         """Aggregate, step and evaluate the round (safe to retry).
+
+        The answer carries the new model too if its payload has at most ``model_max_bytes``.
 
         Raises:
             Conflict: the aggregator does not hold every contribution of the round.
             Unavailable: the aggregator cannot be reached.
         """
         request = aggregator_pb2.CloseRoundRequest(
-            job_id=job_id, round=round_index, num_tasks=num_tasks
+            job_id=job_id, round=round_index, num_tasks=num_tasks, model_max_bytes=model_max_bytes
         )
-        return call_with_retry(lambda: self._stub.CloseRound(request, timeout=60), stop=self._stop)
-
-    def small_model(
-        self, job_id: str, version: int, max_bytes: int
-    ) -> tuple[list[tensor_pb2.TensorSpec], bytes] | None:
-        """The tensor table and payload of a model version, or None if over ``max_bytes``.
-
-        Also None if the aggregator answers with another version.
-
-        Raises:
-            NotFound: the aggregator does not hold that version.
-            Unavailable: the aggregator cannot be reached.
-        """
-        request = aggregator_pb2.GetModelRequest(job_id=job_id, version=version)
-        call: Any = self._stub.GetModel(request, timeout=10)
-        with translate_rpc_errors():
-            try:
-                frames = iter(call)
-                first = next(frames, None)
-                if first is None or first.header.version != version:
-                    return None
-                header = first.header
-                if sum(t.byte_length for t in header.tensors) > max_bytes:
-                    return None
-                payload = b"".join(frame.chunk for frame in frames)
-            finally:
-                call.cancel()
-        return list(header.tensors), payload
+        response: aggregator_pb2.CloseRoundResponse = call_with_retry(
+            lambda: self._stub.CloseRound(request, timeout=60), stop=self._stop
+        )
+        return response
 
     def close_job(self, job_id: str) -> None:
         """Tell the aggregator the job is over, so that it frees the job's memory.

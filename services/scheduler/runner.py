@@ -27,7 +27,7 @@ from services.scheduler.planner import (
 from services.scheduler.rounds import RoundState, TaskState
 from services.scheduler.store import JobStore
 from tessera.common.errors import Conflict, NotFound, NotLeader, TesseraError
-from tessera.v1 import common_pb2, scheduler_pb2, tensor_pb2
+from tessera.v1 import aggregator_pb2, common_pb2, scheduler_pb2, tensor_pb2
 
 __all__ = ["AggregatorPort", "JobRunner", "TicketMinter"]
 
@@ -54,18 +54,14 @@ class AggregatorPort(Protocol):
         """Create the job's model; return its (version, round to run)."""
         ...
 
-    def close_round(self, job_id: str, round_index: int, num_tasks: int) -> common_pb2.RoundMetrics:
-        """Aggregate and step; return the metrics."""
+    def close_round(
+        self, job_id: str, round_index: int, num_tasks: int, model_max_bytes: int = 0
+    ) -> aggregator_pb2.CloseRoundResponse:
+        """Aggregate and step; return the metrics, and the new model if it fits."""
         ...
 
     def close_job(self, job_id: str) -> None:
         """The job is over: free its memory (its checkpoint stays for downloads)."""
-        ...
-
-    def small_model(
-        self, job_id: str, version: int, max_bytes: int
-    ) -> tuple[list[tensor_pb2.TensorSpec], bytes] | None:
-        """A model version's tensor table and payload, or None if over ``max_bytes``."""
         ...
 
 
@@ -104,7 +100,8 @@ class JobRunner:
         self._recoveries: dict[int, int] = {}
         # (version, tensor table, payload) of a small model sent along with tasks.
         self._inline: tuple[int, list[tensor_pb2.TensorSpec], bytes] | None = None
-        self._inline_fits = True
+        # Async tasks fetch the latest model themselves: nothing to send along.
+        self._inline_fits = self.job.spec.mode != "async"
         self._thread = threading.Thread(target=self._run, name=f"job-{job.job_id}", daemon=True)
 
     # -- called from other threads -------------------------------------------------------------
@@ -220,13 +217,20 @@ class JobRunner:
             if state is None:
                 self._finish(common_pb2.JOB_STATE_CANCELLED, "cancelled")
                 return
+            wants_model = self._inline_fits and round_index + 1 < spec.rounds
             try:
-                metrics = self._aggregator.close_round(
-                    self.job.job_id, round_index, state.done_count()
+                closed = self._aggregator.close_round(
+                    self.job.job_id,
+                    round_index,
+                    state.done_count(),
+                    INLINE_MODEL_BYTES if wants_model else 0,
                 )
             except (Conflict, NotFound) as exc:
                 round_index = self._recover_round(round_index, exc)
                 continue
+            metrics = closed.metrics
+            if wants_model:
+                self._keep_inline(closed)
             self.job.rounds_completed = round_index + 1
             self.job.model_version = metrics.model_version
             self.job.last_metrics.CopyFrom(metrics)
@@ -247,30 +251,20 @@ class JobRunner:
                     f"reached target loss {spec.target_loss} in {round_index} rounds",
                 )
                 return
-            if round_index < spec.rounds:
-                self._inline = self._small_model(metrics.model_version)
         self._finish(common_pb2.JOB_STATE_SUCCEEDED, f"completed {round_index} rounds")
 
-    def _small_model(self, version: int) -> tuple[int, list[tensor_pb2.TensorSpec], bytes] | None:
-        """The model to send along with the next round's tasks, if small (see INLINE_MODEL_BYTES).
+    def _keep_inline(self, closed: aggregator_pb2.CloseRoundResponse) -> None:
+        """Keep the new model to send along with the next round's tasks, if it came back.
 
-        Async tasks fetch the latest version themselves. Any failure only means the workers
-        fetch the model as usual.
+        It does not when it is over INLINE_MODEL_BYTES; a job's model keeps its size, so it
+        is not asked for again. (Async tasks fetch the latest version themselves.)
         """
-        if self.job.spec.mode == "async" or not self._inline_fits:
-            return None
-        try:
-            model = self._aggregator.small_model(self.job.job_id, version, INLINE_MODEL_BYTES)
-        except TesseraError as exc:
-            log.info(
-                "job %s: model %d not sent along with tasks: %s", self.job.job_id, version, exc
-            )
-            return None
-        if model is None:
-            # A job's model keeps its size: do not ask again.
+        if not closed.model_tensors:
             self._inline_fits = False
-            return None
-        return (version, *model)
+            self._inline = None
+            return
+        tensors = list(closed.model_tensors)
+        self._inline = (closed.metrics.model_version, tensors, closed.model_payload)
 
     def _recover_round(self, round_index: int, error: TesseraError) -> int:
         """Carry on after the aggregator lost a round's contributions (it restarted).

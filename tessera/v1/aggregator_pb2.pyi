@@ -266,24 +266,59 @@ class CloseRoundRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
     NUM_TASKS_FIELD_NUMBER: _builtins.int
+    MODEL_MAX_BYTES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     num_tasks: _builtins.int
     """Tasks whose contributions the round needs."""
+    model_max_bytes: _builtins.int
+    """Send the new model version back with the result if its payload has at most this many
+    bytes (0: never). The scheduler sends small models along with the next round's tasks.
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         round: _builtins.int = ...,
         num_tasks: _builtins.int = ...,
+        model_max_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "num_tasks", b"num_tasks", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "model_max_bytes", b"model_max_bytes", "num_tasks", b"num_tasks", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CloseRoundRequest: _TypeAlias = CloseRoundRequest  # noqa: Y015
+
+@_typing.final
+class CloseRoundResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRICS_FIELD_NUMBER: _builtins.int
+    MODEL_TENSORS_FIELD_NUMBER: _builtins.int
+    MODEL_PAYLOAD_FIELD_NUMBER: _builtins.int
+    model_payload: _builtins.bytes
+    @_builtins.property
+    def metrics(self) -> _common_pb2.RoundMetrics: ...
+    @_builtins.property
+    def model_tensors(self) -> _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorSpec]:
+        """The model at metrics.model_version, uncompressed, when asked for and small enough."""
+
+    def __init__(
+        self,
+        *,
+        metrics: _common_pb2.RoundMetrics | None = ...,
+        model_tensors: _abc.Iterable[_tensor_pb2.TensorSpec] | None = ...,
+        model_payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "model_payload", b"model_payload", "model_tensors", b"model_tensors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseRoundResponse: _TypeAlias = CloseRoundResponse  # noqa: Y015
 
 @_typing.final
 class CloseJobRequest(_message.Message):

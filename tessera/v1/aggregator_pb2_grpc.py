@@ -4,7 +4,6 @@ import grpc
 import warnings
 
 from tessera.v1 import aggregator_pb2 as tessera_dot_v1_dot_aggregator__pb2
-from tessera.v1 import common_pb2 as tessera_dot_v1_dot_common__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -54,7 +53,7 @@ class AggregatorStub:
         self.CloseRound = channel.unary_unary(
                 '/tessera.v1.Aggregator/CloseRound',
                 request_serializer=tessera_dot_v1_dot_aggregator__pb2.CloseRoundRequest.SerializeToString,
-                response_deserializer=tessera_dot_v1_dot_common__pb2.RoundMetrics.FromString,
+                response_deserializer=tessera_dot_v1_dot_aggregator__pb2.CloseRoundResponse.FromString,
                 _registered_method=True)
         self.CloseJob = channel.unary_unary(
                 '/tessera.v1.Aggregator/CloseJob',
@@ -122,7 +121,7 @@ def add_AggregatorServicer_to_server(servicer, server):
             'CloseRound': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseRound,
                     request_deserializer=tessera_dot_v1_dot_aggregator__pb2.CloseRoundRequest.FromString,
-                    response_serializer=tessera_dot_v1_dot_common__pb2.RoundMetrics.SerializeToString,
+                    response_serializer=tessera_dot_v1_dot_aggregator__pb2.CloseRoundResponse.SerializeToString,
             ),
             'CloseJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseJob,
@@ -238,7 +237,7 @@ class Aggregator:
             target,
             '/tessera.v1.Aggregator/CloseRound',
             tessera_dot_v1_dot_aggregator__pb2.CloseRoundRequest.SerializeToString,
-            tessera_dot_v1_dot_common__pb2.RoundMetrics.FromString,
+            tessera_dot_v1_dot_aggregator__pb2.CloseRoundResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from tessera.v1 import aggregator_pb2 as _aggregator_pb2
-from tessera.v1 import common_pb2 as _common_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -40,7 +39,7 @@ class AggregatorStub:
     """Client stream: a ContributionHeader, then raw payload chunks."""
     GetModel: _grpc.UnaryStreamMultiCallable[_aggregator_pb2.GetModelRequest, _aggregator_pb2.ModelFrame]
     """Server stream: a ModelHeader, then raw payload chunks."""
-    CloseRound: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.CloseRoundRequest, _common_pb2.RoundMetrics]
+    CloseRound: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.CloseRoundRequest, _aggregator_pb2.CloseRoundResponse]
     """Called by the scheduler: aggregate the round, step, evaluate, publish the next version."""
     CloseJob: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.CloseJobRequest, _aggregator_pb2.CloseJobResponse]
 
@@ -55,7 +54,7 @@ class AggregatorAsyncStub(AggregatorStub):
     """Client stream: a ContributionHeader, then raw payload chunks."""
     GetModel: _aio.UnaryStreamMultiCallable[_aggregator_pb2.GetModelRequest, _aggregator_pb2.ModelFrame]  # type: ignore[assignment]
     """Server stream: a ModelHeader, then raw payload chunks."""
-    CloseRound: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.CloseRoundRequest, _common_pb2.RoundMetrics]  # type: ignore[assignment]
+    CloseRound: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.CloseRoundRequest, _aggregator_pb2.CloseRoundResponse]  # type: ignore[assignment]
     """Called by the scheduler: aggregate the round, step, evaluate, publish the next version."""
     CloseJob: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.CloseJobRequest, _aggregator_pb2.CloseJobResponse]  # type: ignore[assignment]
 
@@ -91,7 +90,7 @@ class AggregatorServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _aggregator_pb2.CloseRoundRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_common_pb2.RoundMetrics, _abc.Awaitable[_common_pb2.RoundMetrics]]:
+    ) -> _typing.Union[_aggregator_pb2.CloseRoundResponse, _abc.Awaitable[_aggregator_pb2.CloseRoundResponse]]:
         """Called by the scheduler: aggregate the round, step, evaluate, publish the next version."""
 
     @_abc_1.abstractmethod
