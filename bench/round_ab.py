@@ -2,9 +2,11 @@
 
 Each trial starts a local cluster (4 workers) with one side's code, runs a 3-round warm-up and
 then the FedAvg job of ``bench/training.py`` (MLP 128, 4 tasks) for ``--rounds`` rounds at each
-``--local-steps`` value, and records the median seconds per round. The sides alternate
-(base, this, base, this, ...), so that the machine's drift falls on both; reported per step
-count: each side's median over its trials and the ratio this / base.
+``--local-steps`` value, and records the median seconds per round and the CPU time per round of
+the whole cluster (every process of the trial: etcd, the services, the workers and the client,
+read from ``/proc``, so Linux only). The sides alternate (base, this, base, this, ...), so that
+the machine's drift falls on both; reported per step count: each side's median over its trials
+and the ratio this / base, of the wall time and of the CPU time.
 
 The base commit is checked out with ``git worktree`` into a temporary folder; its trials run
 this script with the base's packages first on the path.
@@ -28,32 +30,59 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def trial(local_steps: list[int], rounds: int) -> dict[int, float]:
-    """One cluster with the code on the path: median seconds per round by local steps."""
+def _tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and all its descendants."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # the process has exited meanwhile
+        # Fields after the command name, which is in parentheses and may hold spaces.
+        fields = text[text.rindex(")") + 2 :].split()
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        ticks[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+    tree = {os.getpid()}
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        grew = bool(children)
+        tree |= children
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def trial(local_steps: list[int], rounds: int) -> dict[int, tuple[float, float]]:
+    """One cluster with the code on the path, by local steps: the median seconds per round
+    and the cluster's CPU seconds per round."""
     from training import FEDAVG_JOB, WORKERS, run_job
 
     from tessera.cli.cluster import LocalCluster
     from tessera.client import Client
 
-    medians: dict[int, float] = {}
+    results: dict[int, tuple[float, float]] = {}
     with LocalCluster(workers=WORKERS, log_level="WARNING") as cluster:
         with Client(
             cluster.scheduler_address, registry=cluster.registry_address, token=cluster.token
         ) as client:
             run_job(client, FEDAVG_JOB.with_(rounds=3))
             for steps in local_steps:
+                cpu_before = _tree_cpu_seconds()
                 run = run_job(client, FEDAVG_JOB.with_(inner_steps=steps, rounds=rounds))
-                medians[steps] = statistics.median(run.round_seconds())
-    return medians
+                cpu = (_tree_cpu_seconds() - cpu_before) / rounds
+                results[steps] = (statistics.median(run.round_seconds()), cpu)
+    return results
 
 
-def run_side(code: Path, local_steps: list[int], rounds: int) -> dict[int, float]:
+def run_side(code: Path, local_steps: list[int], rounds: int) -> dict[int, tuple[float, float]]:
     """A trial in a fresh interpreter whose imports resolve to ``code`` first."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), str(ROOT / "bench")]))
     command = [sys.executable, str(Path(__file__).resolve()), "--trial", "--rounds", str(rounds)]
     command += ["--local-steps", *map(str, local_steps)]
     done = subprocess.run(command, cwd=code, env=env, check=True, capture_output=True, text=True)
-    return {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    line = done.stdout.strip().splitlines()[-1]
+    return {int(k): (v[0], v[1]) for k, v in json.loads(line).items()}
 
 
 def main() -> None:
@@ -70,7 +99,7 @@ def main() -> None:
         return
     if not args.base:
         parser.error("--base is required")
-    samples: dict[str, list[dict[int, float]]] = {"base": [], "this": []}
+    samples: dict[str, list[dict[int, tuple[float, float]]]] = {"base": [], "this": []}
     with tempfile.TemporaryDirectory(prefix="tessera-base-") as folder:
         base = Path(folder) / "base"
         subprocess.run(
@@ -88,12 +117,17 @@ def main() -> None:
             )
     summary: dict[str, Any] = {"base": args.base, "trials": args.trials, "rounds": args.rounds}
     for steps in args.local_steps:
-        base_median = statistics.median(s[steps] for s in samples["base"])
-        this_median = statistics.median(s[steps] for s in samples["this"])
+        base_wall, this_wall, base_cpu, this_cpu = (
+            statistics.median(s[steps][i] for s in samples[side])
+            for i, side in ((0, "base"), (0, "this"), (1, "base"), (1, "this"))
+        )
         summary[f"local_steps_{steps}"] = {
-            "base_ms": round(base_median * 1000, 1),
-            "this_ms": round(this_median * 1000, 1),
-            "ratio_this_over_base": round(this_median / base_median, 3),
+            "base_ms": round(base_wall * 1000, 1),
+            "this_ms": round(this_wall * 1000, 1),
+            "ratio_this_over_base": round(this_wall / base_wall, 3),
+            "base_cpu_ms": round(base_cpu * 1000, 1),
+            "this_cpu_ms": round(this_cpu * 1000, 1),
+            "cpu_ratio_this_over_base": round(this_cpu / base_cpu, 3),
         }
     print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
 
