@@ -31,7 +31,7 @@ from tessera.common.errors import StoreCorrupt
 from tessera.common.ids import check_id
 from tessera.ml.checkpoint import load_model
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointDir", "load_checkpoint", "save_checkpoint"]
 
 _MODEL = "model."
 _OPTIMIZER = "optimizer."
@@ -58,17 +58,24 @@ class Checkpoint:
         return self.version if self.round is None else self.round
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _replace(path: Path, data: bytes, *, sync: bool) -> None:
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(temporary, path)
 
 
-def save_checkpoint(directory: Path, job_id: str, checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` over the job's current one."""
+def save_checkpoint(
+    directory: Path, job_id: str, checkpoint: Checkpoint, *, sync: bool = True
+) -> None:
+    """Write ``checkpoint`` over the job's current one.
+
+    ``sync``: wait until the file is on disk before it replaces the old one. Without it a
+    crash of the process still leaves a whole checkpoint, but a crash of the machine may not.
+    """
     folder = directory / check_id(job_id, "job_id")
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {_MODEL + k: v.detach().contiguous() for k, v in checkpoint.model.items()}
@@ -83,7 +90,7 @@ def save_checkpoint(directory: Path, job_id: str, checkpoint: Checkpoint) -> Non
         "param_groups": checkpoint.optimizer["param_groups"],
         "results": checkpoint.results,
     }
-    _write_durably(folder / _FILE, save(tensors, metadata={_META: json.dumps(meta)}))
+    _replace(folder / _FILE, save(tensors, metadata={_META: json.dumps(meta)}), sync=sync)
 
 
 def load_checkpoint(directory: Path, job_id: str) -> Checkpoint | None:
@@ -114,3 +121,19 @@ def load_checkpoint(directory: Path, job_id: str) -> Checkpoint | None:
         results=meta["results"],
         round=int(meta.get("round", meta["version"])),
     )
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    """Where the aggregator keeps its jobs' checkpoints, and whether writes are synced."""
+
+    path: Path
+    sync: bool = True
+
+    def save(self, job_id: str, checkpoint: Checkpoint) -> None:
+        """See ``save_checkpoint``."""
+        save_checkpoint(self.path, job_id, checkpoint, sync=self.sync)
+
+    def load(self, job_id: str) -> Checkpoint | None:
+        """See ``load_checkpoint``."""
+        return load_checkpoint(self.path, job_id)

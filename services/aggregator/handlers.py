@@ -14,11 +14,10 @@ import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from google.protobuf import json_format
 
-from services.aggregator.checkpoint import load_checkpoint
+from services.aggregator.checkpoint import CheckpointDir
 from services.aggregator.ledger import Decision, Ledger
 from services.aggregator.metrics import (
     BYTES_RECEIVED,
@@ -58,7 +57,7 @@ class Aggregator:
         *,
         max_payload_bytes: int,
         cluster_key: ClusterKey | None = None,
-        checkpoints: Path | None = None,
+        checkpoints: CheckpointDir | None = None,
     ) -> None:
         self.ledger = Ledger()
         self._cluster_key = cluster_key
@@ -80,7 +79,7 @@ class Aggregator:
             job = self._jobs.get(job_id)
         if job is None and self._checkpoints is not None:
             # After a restart, jobs come back from their checkpoints on first use.
-            checkpoint = load_checkpoint(self._checkpoints, job_id)
+            checkpoint = self._checkpoints.load(job_id)
             if checkpoint is not None:
                 spec = json_format.ParseDict(checkpoint.spec, common_pb2.JobSpec())
                 self.open_job(job_id, spec)
@@ -121,7 +120,7 @@ class Aggregator:
             on_round_closed=functools.partial(_export_round, job_id),
         )
         if self._checkpoints is not None:
-            checkpoint = load_checkpoint(self._checkpoints, job_id)
+            checkpoint = self._checkpoints.load(job_id)
             if checkpoint is not None:
                 job.restore(checkpoint)
         with self._lock:

@@ -30,12 +30,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from services.aggregator.checkpoint import Checkpoint, save_checkpoint
+from services.aggregator.checkpoint import Checkpoint, CheckpointDir
 from services.aggregator.ingest import BufferPool, Intake, RoundMean
 from services.aggregator.ledger import Decision, Ledger
 from services.aggregator.rules import AggregationRule, Krum, TrimmedMean, get_rule
@@ -156,7 +155,7 @@ class JobModel:
         pool_capacity: idle receive buffers kept for reuse (``ingest.BufferPool``).
         max_payload_bytes: the largest contribution the aggregator accepts; a model whose
             gradient could never fit is refused here, when the job is opened.
-        checkpoints: the folder a checkpoint is written to as each round closes (None: none).
+        checkpoints: where a checkpoint is written as each round closes (None: nowhere).
         on_round_closed: called once per round, as it closes (not for a repeated close).
 
     Raises:
@@ -172,7 +171,7 @@ class JobModel:
         *,
         pool_capacity: int = 2,
         max_payload_bytes: int | None = None,
-        checkpoints: Path | None = None,
+        checkpoints: CheckpointDir | None = None,
         spec: dict[str, Any] | None = None,
         on_round_closed: Callable[[RoundResult], None] | None = None,
     ) -> None:
@@ -486,7 +485,7 @@ class JobModel:
             # This round's keys stay: a moved task may still push into it (see ``early``).
             self._ledger.forget_before(self.job_id, round_index)
             if self._checkpoints is not None:
-                save_checkpoint(self._checkpoints, self.job_id, self._checkpoint(result))
+                self._checkpoints.save(self.job_id, self._checkpoint(result))
             if self._on_round_closed is not None:
                 self._on_round_closed(result)
             return result

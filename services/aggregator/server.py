@@ -6,6 +6,7 @@ import grpc
 import torch
 from grpc_health.v1 import health
 
+from services.aggregator.checkpoint import CheckpointDir
 from services.aggregator.config import AggregatorConfig
 from services.aggregator.handlers import Aggregator
 from services.aggregator.servicer import AggregatorServicer, add_aggregator_servicer
@@ -40,7 +41,11 @@ def create_aggregator_server(
     aggregator = Aggregator(
         max_payload_bytes=config.max_payload_bytes,
         cluster_key=config.common.cluster_key,
-        checkpoints=config.checkpoint_dir,
+        checkpoints=(
+            CheckpointDir(config.checkpoint_dir, sync=config.checkpoint_sync)
+            if config.checkpoint_dir
+            else None
+        ),
     )
     binding = ServiceBinding(
         SERVICE_NAME,

@@ -218,6 +218,9 @@ class LocalCluster:
                     str(self.ports.aggregator),
                     "--checkpoint-dir",
                     str(self.log_dir / "checkpoints"),
+                    # Throw-away, like the etcd: survives the aggregator's restart, not the
+                    # machine's.
+                    "--no-checkpoint-sync",
                 ],
                 metrics_offset=2,
             )

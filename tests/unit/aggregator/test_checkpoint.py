@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.aggregator.checkpoint import load_checkpoint
+from services.aggregator.checkpoint import CheckpointDir, load_checkpoint
+from services.aggregator.config import parse_args
 from services.aggregator.handlers import Aggregator
 from services.aggregator.ledger import Ledger
 from services.aggregator.models import Contribution, JobModel, settings_from_spec
@@ -24,10 +25,11 @@ _SPEC = common_pb2.JobSpec(
 )
 
 
-def _job(directory: Path | None) -> JobModel:
+def _job(directory: Path | None, *, sync: bool = True) -> JobModel:
     torch.set_num_threads(1)
     settings = settings_from_spec("mlp", "digits", [8], "adam", 0.01, "mean", 1, 0)
-    return JobModel("j", settings, Ledger(), checkpoints=directory, spec={"model": "mlp"})
+    checkpoints = CheckpointDir(directory, sync=sync) if directory else None
+    return JobModel("j", settings, Ledger(), checkpoints=checkpoints, spec={"model": "mlp"})
 
 
 def _run_rounds(job: JobModel, rounds: range) -> None:
@@ -37,9 +39,12 @@ def _run_rounds(job: JobModel, rounds: range) -> None:
         job.close_round(round_index, 1)
 
 
-def test_a_restored_job_continues_exactly_where_the_checkpoint_left_it(tmp_path: Path) -> None:
-    # Prepare: two rounds, checkpointed as they close.
-    job = _job(tmp_path)
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_restored_job_continues_exactly_where_the_checkpoint_left_it(
+    tmp_path: Path, sync: bool
+) -> None:
+    # Prepare: two rounds, checkpointed as they close (synced to disk or not).
+    job = _job(tmp_path, sync=sync)
     _run_rounds(job, range(2))
     # Execute: a fresh process would build the job again and restore it.
     checkpoint = load_checkpoint(tmp_path, "j")
@@ -83,7 +88,7 @@ def test_a_checkpoint_without_its_metadata_is_corrupt(tmp_path: Path) -> None:
 
 def test_a_closed_job_is_let_go_and_comes_back_from_its_checkpoint(tmp_path: Path) -> None:
     # Prepare: a finished job of two rounds on an aggregator with checkpoints.
-    aggregator = Aggregator(max_payload_bytes=1 << 30, checkpoints=tmp_path)
+    aggregator = Aggregator(max_payload_bytes=1 << 30, checkpoints=CheckpointDir(tmp_path))
     spec = _SPEC
     aggregator.open_job("j", spec)
     job = aggregator.job("j")
@@ -106,3 +111,8 @@ def test_without_checkpoints_a_closed_job_stays_held(tmp_path: Path) -> None:
     aggregator.close_job("j")
     assert aggregator.job("j") is job
     aggregator.close()
+
+
+def test_the_aggregator_syncs_checkpoints_unless_told_not_to() -> None:
+    assert parse_args(["--checkpoint-dir", "c"]).checkpoint_sync
+    assert not parse_args(["--checkpoint-dir", "c", "--no-checkpoint-sync"]).checkpoint_sync
