@@ -27,7 +27,7 @@ from services.scheduler.planner import (
 from services.scheduler.rounds import RoundState, TaskState
 from services.scheduler.store import JobStore
 from tessera.common.errors import Conflict, NotFound, NotLeader, TesseraError
-from tessera.v1 import aggregator_pb2, common_pb2, scheduler_pb2, tensor_pb2
+from tessera.v1 import aggregator_pb2, common_pb2, scheduler_pb2
 
 __all__ = ["AggregatorPort", "JobRunner", "TicketMinter"]
 
@@ -40,8 +40,8 @@ Kind = scheduler_pb2.JobEventKind
 # After this many placements of the same task in one round the job fails: something is wrong
 # with the task itself, not with the nodes.
 MAX_ATTEMPTS = 8
-# Models up to this size ride along with their tasks: one fetch by the scheduler per round
-# instead of one per task, each of which costs more in call overhead than in bytes.
+# Models up to this size ride along with their tasks: CloseRound sends the new one back once
+# per round instead of every task fetching it, a call that costs more in overhead than bytes.
 INLINE_MODEL_BYTES = 256 * 1024
 
 
@@ -98,8 +98,8 @@ class JobRunner:
         self._plans = PlacementCache()
         self._last_unplaced: tuple[str, ...] = ()
         self._recoveries: dict[int, int] = {}
-        # (version, tensor table, payload) of a small model sent along with tasks.
-        self._inline: tuple[int, list[tensor_pb2.TensorSpec], bytes] | None = None
+        # The last close, when it brought a small model back to send along with tasks.
+        self._inline: aggregator_pb2.CloseRoundResponse | None = None
         # Async tasks fetch the latest model themselves: nothing to send along.
         self._inline_fits = self.job.spec.mode != "async"
         self._thread = threading.Thread(target=self._run, name=f"job-{job.job_id}", daemon=True)
@@ -259,12 +259,8 @@ class JobRunner:
         It does not when it is over INLINE_MODEL_BYTES; a job's model keeps its size, so it
         is not asked for again. (Async tasks fetch the latest version themselves.)
         """
-        if not closed.model_tensors:
-            self._inline_fits = False
-            self._inline = None
-            return
-        tensors = list(closed.model_tensors)
-        self._inline = (closed.metrics.model_version, tensors, closed.model_payload)
+        self._inline_fits = bool(closed.model_tensors)
+        self._inline = closed if self._inline_fits else None
 
     def _recover_round(self, round_index: int, error: TesseraError) -> int:
         """Carry on after the aggregator lost a round's contributions (it restarted).
@@ -466,9 +462,10 @@ class JobRunner:
             spec=self.job.spec,
             aggregator_address=self._aggregator.address,
         )
-        if self._inline is not None and self._inline[0] == self.job.model_version:
-            task.model_tensors.extend(self._inline[1])
-            task.model_payload = self._inline[2]
+        inline = self._inline
+        if inline is not None and inline.metrics.model_version == self.job.model_version:
+            task.model_tensors.extend(inline.model_tensors)
+            task.model_payload = inline.model_payload
         return task
 
     def _retract_all(self, state: RoundState) -> None:
