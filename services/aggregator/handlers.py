@@ -164,7 +164,26 @@ class Aggregator:
             or first.WhichOneof("frame") != "header"
         ):
             raise InvalidSpec("a gradient stream starts with a ContributionHeader")
-        h = first.header
+        return self.push_contribution(first.header, chunks_after_header(frames))
+
+    def push_small(self, request: aggregator_pb2.SmallGradient) -> aggregator_pb2.PushReceipt:
+        """``push`` for a contribution sent whole in one message.
+
+        Raises:
+            As ``push``.
+        """
+        if not request.HasField("header"):
+            raise InvalidSpec("a SmallGradient carries a ContributionHeader")
+        return self.push_contribution(request.header, iter((request.payload,)))
+
+    def push_contribution(
+        self, h: aggregator_pb2.ContributionHeader, chunks: Iterator[bytes | memoryview]
+    ) -> aggregator_pb2.PushReceipt:
+        """Check a contribution's header, read its payload ``chunks``, and decide about it.
+
+        Raises:
+            As ``push``.
+        """
         check_id(h.node_id, "node_id")
         check_id(h.job_id, "job_id")
         require_node(h.node_id)
@@ -188,7 +207,7 @@ class Aggregator:
             self._count_rejection(job.reject(c, Rejection("too_large", str(exc))))
             raise
         try:
-            decision, rejection = job.receive(c, intake, chunks_after_header(frames))
+            decision, rejection = job.receive(c, intake, chunks)
         except InvalidSpec as exc:
             self._count_rejection(job.reject(c, Rejection("malformed", str(exc))))
             raise

@@ -30,6 +30,7 @@ AUTH_RULES = {
     f"/{SERVICE_NAME}/CloseRound": frozenset({Role.SERVICE}),
     f"/{SERVICE_NAME}/CloseJob": frozenset({Role.SERVICE}),
     f"/{SERVICE_NAME}/PushGradient": frozenset({Role.NODE}),
+    f"/{SERVICE_NAME}/PushSmallGradient": frozenset({Role.NODE}),
     f"/{SERVICE_NAME}/GetModel": frozenset({Role.NODE, Role.SUBMITTER, Role.SERVICE}),
 }
 

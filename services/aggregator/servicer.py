@@ -17,7 +17,7 @@ SERVICE = aggregator_pb2.DESCRIPTOR.services_by_name["Aggregator"]
 
 
 class AggregatorServicer(aggregator_pb2_grpc.AggregatorServicer):
-    """OpenJob, PushGradient, GetModel, CloseRound, CloseJob."""
+    """OpenJob, PushGradient, PushSmallGradient, GetModel, CloseRound, CloseJob."""
 
     def __init__(self, aggregator: Aggregator) -> None:
         self._aggregator = aggregator
@@ -34,6 +34,11 @@ class AggregatorServicer(aggregator_pb2_grpc.AggregatorServicer):
         context: grpc.ServicerContext,
     ) -> aggregator_pb2.PushReceipt:
         return self._aggregator.push(iter(request_iterator))
+
+    def PushSmallGradient(  # noqa: D102, N802
+        self, request: aggregator_pb2.SmallGradient, context: grpc.ServicerContext
+    ) -> aggregator_pb2.PushReceipt:
+        return self._aggregator.push_small(request)
 
     def GetModel(  # noqa: D102, N802
         self, request: aggregator_pb2.GetModelRequest, context: grpc.ServicerContext
@@ -81,6 +86,11 @@ def aggregator_handlers(servicer: AggregatorServicer) -> dict[str, grpc.RpcMetho
         "PushGradient": grpc.stream_unary_rpc_method_handler(
             servicer.PushGradient,
             frame_parser(pb.GradientFrame.FromString),
+            pb.PushReceipt.SerializeToString,
+        ),
+        "PushSmallGradient": grpc.unary_unary_rpc_method_handler(
+            servicer.PushSmallGradient,
+            pb.SmallGradient.FromString,
             pb.PushReceipt.SerializeToString,
         ),
         "GetModel": grpc.unary_stream_rpc_method_handler(

@@ -76,11 +76,15 @@ class _AggregatorLink:
     """One aggregator's channel and the calls a worker makes on it.
 
     ``push`` sends already serialised ``GradientFrame``s (``chunk_frames`` writes each chunk's
-    frame in one copy) and ``get_model`` yields chunks as views of the received messages
+    frame in one copy); ``push_small`` sends a payload of at most one chunk in one message
+    instead, and ``get_model`` yields chunks as views of the received messages
     (``frame_parser``): the generated stub would copy each chunk two more times.
     """
 
     push: grpc.StreamUnaryMultiCallable[bytes, aggregator_pb2.PushReceipt]
+    push_small: grpc.UnaryUnaryMultiCallable[
+        aggregator_pb2.SmallGradient, aggregator_pb2.PushReceipt
+    ]
     get_model: grpc.UnaryStreamMultiCallable[aggregator_pb2.GetModelRequest, Any]
 
     @classmethod
@@ -96,6 +100,11 @@ class _AggregatorLink:
             push=channel.stream_unary(
                 path + "PushGradient",
                 request_serializer=None,
+                response_deserializer=aggregator_pb2.PushReceipt.FromString,
+            ),
+            push_small=channel.unary_unary(
+                path + "PushSmallGradient",
+                request_serializer=aggregator_pb2.SmallGradient.SerializeToString,
                 response_deserializer=aggregator_pb2.PushReceipt.FromString,
             ),
             get_model=channel.unary_stream(
@@ -349,7 +358,10 @@ class WorkerAgent:
         samples: int,
         loss: float,
     ) -> aggregator_pb2.PushReceipt:
-        """Encode the gradient with the job's codec and stream it; return the receipt.
+        """Encode the gradient with the job's codec and send it; return the receipt.
+
+        A payload of at most one chunk goes in one ``PushSmallGradient`` message, a larger one
+        as a ``PushGradient`` stream.
 
         With a lossy codec the gradient goes through the job's ``ErrorFeedback``: what the
         codec drops is kept and added to the next round's gradient. The residual moves on
@@ -372,22 +384,33 @@ class WorkerAgent:
             tensors=specs_from_metas(encoded.metas),
             ticket=task.ticket,
         )
-        first = aggregator_pb2.GradientFrame(header=header).SerializeToString()
         sent: list[int] = []  # payload bytes sent by each attempt
-
-        def frames() -> Iterator[bytes]:
-            sent.append(0)
-            yield first
-            for frame in chunk_frames(encoded.payloads, CHUNK_BYTES):
-                yield frame
-                # Runs when gRPC asks for the next frame, i.e. once this one has been sent.
-                sent[-1] += min(CHUNK_BYTES, encoded.total_bytes - sent[-1])
-
         deadline = 60 + encoded.total_bytes / _MIN_BYTES_PER_SECOND
+        if encoded.total_bytes <= CHUNK_BYTES:
+            # One message: a client stream costs a thread per call on each side of gRPC Python.
+            small = aggregator_pb2.SmallGradient(header=header, payload=b"".join(encoded.payloads))
+
+            def send() -> aggregator_pb2.PushReceipt:
+                sent.append(encoded.total_bytes)
+                return aggregator.push_small(small, timeout=deadline)
+
+        else:
+            first = aggregator_pb2.GradientFrame(header=header).SerializeToString()
+
+            def frames() -> Iterator[bytes]:
+                sent.append(0)
+                yield first
+                for frame in chunk_frames(encoded.payloads, CHUNK_BYTES):
+                    yield frame
+                    # Runs when gRPC asks for the next frame, i.e. once this one has been sent.
+                    sent[-1] += min(CHUNK_BYTES, encoded.total_bytes - sent[-1])
+
+            def send() -> aggregator_pb2.PushReceipt:
+                return aggregator.push(frames(), timeout=deadline)
 
         def attempt() -> aggregator_pb2.PushReceipt:
             try:
-                receipt: aggregator_pb2.PushReceipt = aggregator.push(frames(), timeout=deadline)
+                receipt: aggregator_pb2.PushReceipt = send()
             except grpc.RpcError as exc:
                 # The aggregator's payload limit is final for this contribution: no retries.
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -26,15 +26,15 @@ from tessera.v1 import common_pb2 as tessera_dot_v1_dot_common__pb2
 from tessera.v1 import tensor_pb2 as tessera_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btessera/v1/aggregator.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\x1a\x17tessera/v1/tensor.proto\"C\n\x0eOpenJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.tessera.v1.JobSpec\"7\n\x0fOpenJobResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\"\xc6\x01\n\x12\x43ontributionHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x12\n\ntask_index\x18\x03 \x01(\r\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x05 \x01(\x04\x12\x0f\n\x07samples\x18\x06 \x01(\x04\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\'\n\x07tensors\x18\x08 \x03(\x0b\x32\x16.tessera.v1.TensorSpec\x12\x0e\n\x06ticket\x18\t \x01(\t\"[\n\rGradientFrame\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.tessera.v1.ContributionHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x66rame\"`\n\x0bPushReceipt\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.tessera.v1.ReceiptStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\"2\n\x0fGetModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"W\n\x0bModelHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.tessera.v1.TensorSpec\"Q\n\nModelFrame\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.tessera.v1.ModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x66rame\"^\n\x11\x43loseRoundRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x11\n\tnum_tasks\x18\x03 \x01(\r\x12\x17\n\x0fmodel_max_bytes\x18\x04 \x01(\x04\"\x85\x01\n\x12\x43loseRoundResponse\x12)\n\x07metrics\x18\x01 \x01(\x0b\x32\x18.tessera.v1.RoundMetrics\x12-\n\rmodel_tensors\x18\x02 \x03(\x0b\x32\x16.tessera.v1.TensorSpec\x12\x15\n\rmodel_payload\x18\x03 \x01(\x0c\"!\n\x0f\x43loseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x12\n\x10\x43loseJobResponse*\x87\x01\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17RECEIPT_STATUS_REJECTED\x10\x03\x32\xed\x02\n\nAggregator\x12\x42\n\x07OpenJob\x12\x1a.tessera.v1.OpenJobRequest\x1a\x1b.tessera.v1.OpenJobResponse\x12\x44\n\x0cPushGradient\x12\x19.tessera.v1.GradientFrame\x1a\x17.tessera.v1.PushReceipt(\x01\x12\x41\n\x08GetModel\x12\x1b.tessera.v1.GetModelRequest\x1a\x16.tessera.v1.ModelFrame0\x01\x12K\n\nCloseRound\x12\x1d.tessera.v1.CloseRoundRequest\x1a\x1e.tessera.v1.CloseRoundResponse\x12\x45\n\x08\x43loseJob\x12\x1b.tessera.v1.CloseJobRequest\x1a\x1c.tessera.v1.CloseJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btessera/v1/aggregator.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\x1a\x17tessera/v1/tensor.proto\"C\n\x0eOpenJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.tessera.v1.JobSpec\"7\n\x0fOpenJobResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\"\xc6\x01\n\x12\x43ontributionHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x12\n\ntask_index\x18\x03 \x01(\r\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x05 \x01(\x04\x12\x0f\n\x07samples\x18\x06 \x01(\x04\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\'\n\x07tensors\x18\x08 \x03(\x0b\x32\x16.tessera.v1.TensorSpec\x12\x0e\n\x06ticket\x18\t \x01(\t\"[\n\rGradientFrame\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.tessera.v1.ContributionHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x66rame\"P\n\rSmallGradient\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1e.tessera.v1.ContributionHeader\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"`\n\x0bPushReceipt\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.tessera.v1.ReceiptStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\"2\n\x0fGetModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"W\n\x0bModelHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.tessera.v1.TensorSpec\"Q\n\nModelFrame\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.tessera.v1.ModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x66rame\"^\n\x11\x43loseRoundRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x11\n\tnum_tasks\x18\x03 \x01(\r\x12\x17\n\x0fmodel_max_bytes\x18\x04 \x01(\x04\"\x85\x01\n\x12\x43loseRoundResponse\x12)\n\x07metrics\x18\x01 \x01(\x0b\x32\x18.tessera.v1.RoundMetrics\x12-\n\rmodel_tensors\x18\x02 \x03(\x0b\x32\x16.tessera.v1.TensorSpec\x12\x15\n\rmodel_payload\x18\x03 \x01(\x0c\"!\n\x0f\x43loseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x12\n\x10\x43loseJobResponse*\x87\x01\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17RECEIPT_STATUS_REJECTED\x10\x03\x32\xb6\x03\n\nAggregator\x12\x42\n\x07OpenJob\x12\x1a.tessera.v1.OpenJobRequest\x1a\x1b.tessera.v1.OpenJobResponse\x12\x44\n\x0cPushGradient\x12\x19.tessera.v1.GradientFrame\x1a\x17.tessera.v1.PushReceipt(\x01\x12G\n\x11PushSmallGradient\x12\x19.tessera.v1.SmallGradient\x1a\x17.tessera.v1.PushReceipt\x12\x41\n\x08GetModel\x12\x1b.tessera.v1.GetModelRequest\x1a\x16.tessera.v1.ModelFrame0\x01\x12K\n\nCloseRound\x12\x1d.tessera.v1.CloseRoundRequest\x1a\x1e.tessera.v1.CloseRoundResponse\x12\x45\n\x08\x43loseJob\x12\x1b.tessera.v1.CloseJobRequest\x1a\x1c.tessera.v1.CloseJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.v1.aggregator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECEIPTSTATUS']._serialized_start=1123
-  _globals['_RECEIPTSTATUS']._serialized_end=1258
+  _globals['_RECEIPTSTATUS']._serialized_start=1205
+  _globals['_RECEIPTSTATUS']._serialized_end=1340
   _globals['_OPENJOBREQUEST']._serialized_start=93
   _globals['_OPENJOBREQUEST']._serialized_end=160
   _globals['_OPENJOBRESPONSE']._serialized_start=162
@@ -43,22 +43,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTRIBUTIONHEADER']._serialized_end=418
   _globals['_GRADIENTFRAME']._serialized_start=420
   _globals['_GRADIENTFRAME']._serialized_end=511
-  _globals['_PUSHRECEIPT']._serialized_start=513
-  _globals['_PUSHRECEIPT']._serialized_end=609
-  _globals['_GETMODELREQUEST']._serialized_start=611
-  _globals['_GETMODELREQUEST']._serialized_end=661
-  _globals['_MODELHEADER']._serialized_start=663
-  _globals['_MODELHEADER']._serialized_end=750
-  _globals['_MODELFRAME']._serialized_start=752
-  _globals['_MODELFRAME']._serialized_end=833
-  _globals['_CLOSEROUNDREQUEST']._serialized_start=835
-  _globals['_CLOSEROUNDREQUEST']._serialized_end=929
-  _globals['_CLOSEROUNDRESPONSE']._serialized_start=932
-  _globals['_CLOSEROUNDRESPONSE']._serialized_end=1065
-  _globals['_CLOSEJOBREQUEST']._serialized_start=1067
-  _globals['_CLOSEJOBREQUEST']._serialized_end=1100
-  _globals['_CLOSEJOBRESPONSE']._serialized_start=1102
-  _globals['_CLOSEJOBRESPONSE']._serialized_end=1120
-  _globals['_AGGREGATOR']._serialized_start=1261
-  _globals['_AGGREGATOR']._serialized_end=1626
+  _globals['_SMALLGRADIENT']._serialized_start=513
+  _globals['_SMALLGRADIENT']._serialized_end=593
+  _globals['_PUSHRECEIPT']._serialized_start=595
+  _globals['_PUSHRECEIPT']._serialized_end=691
+  _globals['_GETMODELREQUEST']._serialized_start=693
+  _globals['_GETMODELREQUEST']._serialized_end=743
+  _globals['_MODELHEADER']._serialized_start=745
+  _globals['_MODELHEADER']._serialized_end=832
+  _globals['_MODELFRAME']._serialized_start=834
+  _globals['_MODELFRAME']._serialized_end=915
+  _globals['_CLOSEROUNDREQUEST']._serialized_start=917
+  _globals['_CLOSEROUNDREQUEST']._serialized_end=1011
+  _globals['_CLOSEROUNDRESPONSE']._serialized_start=1014
+  _globals['_CLOSEROUNDRESPONSE']._serialized_end=1147
+  _globals['_CLOSEJOBREQUEST']._serialized_start=1149
+  _globals['_CLOSEJOBREQUEST']._serialized_end=1182
+  _globals['_CLOSEJOBRESPONSE']._serialized_start=1184
+  _globals['_CLOSEJOBRESPONSE']._serialized_end=1202
+  _globals['_AGGREGATOR']._serialized_start=1343
+  _globals['_AGGREGATOR']._serialized_end=1781
 # @@protoc_insertion_point(module_scope)

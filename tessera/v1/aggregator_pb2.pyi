@@ -161,6 +161,31 @@ class GradientFrame(_message.Message):
 Global___GradientFrame: _TypeAlias = GradientFrame  # noqa: Y015
 
 @_typing.final
+class SmallGradient(_message.Message):
+    """A whole contribution in one message: its header and its payload (the chunks concatenated)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    payload: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___ContributionHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___ContributionHeader | None = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SmallGradient: _TypeAlias = SmallGradient  # noqa: Y015
+
+@_typing.final
 class PushReceipt(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

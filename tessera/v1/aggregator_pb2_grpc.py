@@ -45,6 +45,11 @@ class AggregatorStub:
                 request_serializer=tessera_dot_v1_dot_aggregator__pb2.GradientFrame.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_aggregator__pb2.PushReceipt.FromString,
                 _registered_method=True)
+        self.PushSmallGradient = channel.unary_unary(
+                '/tessera.v1.Aggregator/PushSmallGradient',
+                request_serializer=tessera_dot_v1_dot_aggregator__pb2.SmallGradient.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_aggregator__pb2.PushReceipt.FromString,
+                _registered_method=True)
         self.GetModel = channel.unary_stream(
                 '/tessera.v1.Aggregator/GetModel',
                 request_serializer=tessera_dot_v1_dot_aggregator__pb2.GetModelRequest.SerializeToString,
@@ -75,6 +80,15 @@ class AggregatorServicer:
 
     def PushGradient(self, request_iterator, context):
         """Client stream: a ContributionHeader, then raw payload chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushSmallGradient(self, request, context):
+        """The same as PushGradient for a contribution whose payload fits one message: the same
+        checks and receipt, without a client stream's cost (a thread per call in gRPC Python).
+        Workers use it for payloads up to 1 MiB; the server takes messages up to 4 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +125,11 @@ def add_AggregatorServicer_to_server(servicer, server):
             'PushGradient': grpc.stream_unary_rpc_method_handler(
                     servicer.PushGradient,
                     request_deserializer=tessera_dot_v1_dot_aggregator__pb2.GradientFrame.FromString,
+                    response_serializer=tessera_dot_v1_dot_aggregator__pb2.PushReceipt.SerializeToString,
+            ),
+            'PushSmallGradient': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushSmallGradient,
+                    request_deserializer=tessera_dot_v1_dot_aggregator__pb2.SmallGradient.FromString,
                     response_serializer=tessera_dot_v1_dot_aggregator__pb2.PushReceipt.SerializeToString,
             ),
             'GetModel': grpc.unary_stream_rpc_method_handler(
@@ -183,6 +202,33 @@ class Aggregator:
             target,
             '/tessera.v1.Aggregator/PushGradient',
             tessera_dot_v1_dot_aggregator__pb2.GradientFrame.SerializeToString,
+            tessera_dot_v1_dot_aggregator__pb2.PushReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushSmallGradient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Aggregator/PushSmallGradient',
+            tessera_dot_v1_dot_aggregator__pb2.SmallGradient.SerializeToString,
             tessera_dot_v1_dot_aggregator__pb2.PushReceipt.FromString,
             options,
             channel_credentials,

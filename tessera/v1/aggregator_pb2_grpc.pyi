@@ -37,6 +37,11 @@ class AggregatorStub:
     """Called by the scheduler: create (or find) the job's model at version 0."""
     PushGradient: _grpc.StreamUnaryMultiCallable[_aggregator_pb2.GradientFrame, _aggregator_pb2.PushReceipt]
     """Client stream: a ContributionHeader, then raw payload chunks."""
+    PushSmallGradient: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.SmallGradient, _aggregator_pb2.PushReceipt]
+    """The same as PushGradient for a contribution whose payload fits one message: the same
+    checks and receipt, without a client stream's cost (a thread per call in gRPC Python).
+    Workers use it for payloads up to 1 MiB; the server takes messages up to 4 MiB.
+    """
     GetModel: _grpc.UnaryStreamMultiCallable[_aggregator_pb2.GetModelRequest, _aggregator_pb2.ModelFrame]
     """Server stream: a ModelHeader, then raw payload chunks."""
     CloseRound: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.CloseRoundRequest, _aggregator_pb2.CloseRoundResponse]
@@ -52,6 +57,11 @@ class AggregatorAsyncStub(AggregatorStub):
     """Called by the scheduler: create (or find) the job's model at version 0."""
     PushGradient: _aio.StreamUnaryMultiCallable[_aggregator_pb2.GradientFrame, _aggregator_pb2.PushReceipt]  # type: ignore[assignment]
     """Client stream: a ContributionHeader, then raw payload chunks."""
+    PushSmallGradient: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.SmallGradient, _aggregator_pb2.PushReceipt]  # type: ignore[assignment]
+    """The same as PushGradient for a contribution whose payload fits one message: the same
+    checks and receipt, without a client stream's cost (a thread per call in gRPC Python).
+    Workers use it for payloads up to 1 MiB; the server takes messages up to 4 MiB.
+    """
     GetModel: _aio.UnaryStreamMultiCallable[_aggregator_pb2.GetModelRequest, _aggregator_pb2.ModelFrame]  # type: ignore[assignment]
     """Server stream: a ModelHeader, then raw payload chunks."""
     CloseRound: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.CloseRoundRequest, _aggregator_pb2.CloseRoundResponse]  # type: ignore[assignment]
@@ -76,6 +86,17 @@ class AggregatorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_aggregator_pb2.PushReceipt, _abc.Awaitable[_aggregator_pb2.PushReceipt]]:
         """Client stream: a ContributionHeader, then raw payload chunks."""
+
+    @_abc_1.abstractmethod
+    def PushSmallGradient(
+        self,
+        request: _aggregator_pb2.SmallGradient,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregator_pb2.PushReceipt, _abc.Awaitable[_aggregator_pb2.PushReceipt]]:
+        """The same as PushGradient for a contribution whose payload fits one message: the same
+        checks and receipt, without a client stream's cost (a thread per call in gRPC Python).
+        Workers use it for payloads up to 1 MiB; the server takes messages up to 4 MiB.
+        """
 
     @_abc_1.abstractmethod
     def GetModel(

@@ -680,6 +680,15 @@ class PushPlan:
     deadline: float
 
 
+@dataclass(frozen=True)
+class SmallPush:
+    """A ``PushSmallGradient`` request: a header recipe (None: no header) and its payload,
+    sized from the header's table (``Payload``) or as given."""
+
+    header: dict[str, Any] | None
+    payload: Payload | bytes
+
+
 def _f32(value: float) -> bytes:
     return struct.pack("<f", value)
 
@@ -726,11 +735,11 @@ def table_edits(limits: Limits) -> st.SearchStrategy[Recode | Edit | Pad]:
     )
 
 
-def push_plans(limits: Limits) -> st.SearchStrategy[PushPlan]:
-    """Gradient streams: near-valid headers and payloads, junk around them, or random frames."""
+def contribution_headers(limits: Limits) -> st.SearchStrategy[dict[str, Any]]:
+    """Near-valid ``ContributionHeader`` recipes: live ids and the real table, a few fields off."""
     uint32 = integers(*_UINT32)
     uint64 = integers(*_UINT64)
-    header = st.fixed_dictionaries(
+    return st.fixed_dictionaries(
         {
             "job_id": mostly(known("job"), texts(limits)),
             "round": mostly(st.just(Current()), uint32),
@@ -749,6 +758,10 @@ def push_plans(limits: Limits) -> st.SearchStrategy[PushPlan]:
             ),
         }
     )
+
+
+def _payloads() -> tuple[st.SearchStrategy[Payload], st.SearchStrategy[Payload]]:
+    """Payloads exactly as declared, and payloads exact, short or long."""
     fills = st.one_of(st.sampled_from(_FILLS), st.binary(min_size=1, max_size=16))
     chunks = st.sampled_from([1 << 20, 1, 7, 4096, 65536, (4 << 20) + 1])
     exact = st.builds(Payload, mode=st.just("exact"), fill=fills, chunk=chunks)
@@ -760,6 +773,13 @@ def push_plans(limits: Limits) -> st.SearchStrategy[PushPlan]:
         fraction=st.floats(0.0, 0.999),
         extra=st.integers(1, 5000),
     )
+    return exact, payload
+
+
+def push_plans(limits: Limits) -> st.SearchStrategy[PushPlan]:
+    """Gradient streams: near-valid headers and payloads, junk around them, or random frames."""
+    header = contribution_headers(limits)
+    exact, payload = _payloads()
     frame_recipe = message_recipes(aggregator_pb2.GradientFrame.DESCRIPTOR, limits=limits)
     junk = st.one_of(
         st.builds(Frame, st.fixed_dictionaries({"chunk": st.binary(max_size=64)})),
@@ -784,6 +804,17 @@ def push_plans(limits: Limits) -> st.SearchStrategy[PushPlan]:
     steps = mostly(near_valid, random_frames, times=5)
     return st.builds(PushPlan, steps, st.sampled_from([5.0, 5.0, 5.0, 0.05, 0.3]).map(float)).map(
         _short_deadline_for_stalls
+    )
+
+
+def small_pushes(limits: Limits) -> st.SearchStrategy[SmallPush]:
+    """Whole contributions in one message: near-valid headers with payloads sized from their
+    tables, or no header, or junk bytes."""
+    exact, payload = _payloads()
+    return st.builds(
+        SmallPush,
+        mostly(contribution_headers(limits), st.none(), times=8),
+        mostly(exact, st.one_of(payload, st.binary(max_size=64)), times=2),
     )
 
 
@@ -1305,6 +1336,34 @@ def _run_push(context: FuzzContext, case: Case) -> Outcome:
     return Outcome("OK", f"{status}: {receipt.reason[:200]}" if receipt.reason else status, 1)
 
 
+def _run_small_push(context: FuzzContext, case: Case) -> Outcome:
+    plan: SmallPush = case.body
+    request = aggregator_pb2.SmallGradient()
+    if plan.header is not None:
+        request.header.CopyFrom(
+            Resolver(context, "aggregator").message(aggregator_pb2.ContributionHeader, plan.header)
+        )
+    if isinstance(plan.payload, Payload):
+        declared = sum(t.byte_length for t in request.header.tensors)
+        request.payload = b"".join(_payload_chunks(plan.payload, declared))
+    else:
+        request.payload = plan.payload
+    path = _path("aggregator", "PushSmallGradient")
+    node_id = request.header.node_id if plan.header is not None else None
+    metadata = context.metadata(path, case.credential, node_id)
+    call = context.channels["aggregator"].unary_unary(
+        path,
+        request_serializer=aggregator_pb2.SmallGradient.SerializeToString,
+        response_deserializer=aggregator_pb2.PushReceipt.FromString,
+    )
+    try:
+        receipt = call(request, timeout=UNARY_DEADLINE, metadata=metadata)
+    except grpc.RpcError as exc:
+        return _outcome(exc)
+    status = aggregator_pb2.ReceiptStatus.Name(receipt.status)
+    return Outcome("OK", f"{status}: {receipt.reason[:200]}" if receipt.reason else status, 1)
+
+
 def _run_undecodable(service: str) -> Callable[[FuzzContext, Case], Outcome]:
     methods = SERVICES[service].methods_by_name
 
@@ -1497,6 +1556,9 @@ def targets(limits: Limits = Limits()) -> dict[str, Target]:  # noqa: B008 - fro
             req_cls, _ = _classes(method)
             if method.client_streaming:
                 out[name] = Target(name, service, _cases(push_plans(limits)), _run_push)
+                continue
+            if name == "Aggregator/PushSmallGradient":
+                out[name] = Target(name, service, _cases(small_pushes(limits)), _run_small_push)
                 continue
             request = special.get(name, request_recipes(req_cls, limits))
             if method.server_streaming:

@@ -217,8 +217,9 @@ def test_fuzzing_reached_past_validation(fuzz_cluster: FuzzCluster) -> None:
     codes = {(name, o.code) for name, o in fuzz_cluster.outcomes}
     for name in ("Registry/Register", "Scheduler/SubmitJob", "Scheduler/ReportTask"):
         assert (name, "OK") in codes
-    receipts = {o.details for name, o in fuzz_cluster.outcomes if name.endswith("PushGradient")}
-    assert any(r.startswith("RECEIPT_STATUS_") for r in receipts)
+    for push in ("Aggregator/PushGradient", "Aggregator/PushSmallGradient"):
+        receipts = {o.details for name, o in fuzz_cluster.outcomes if name == push}
+        assert any(r.startswith("RECEIPT_STATUS_") for r in receipts), push
     assert len(fuzz_cluster.outcomes) >= len(FUZZED) * STREAM_EXAMPLES
 
 

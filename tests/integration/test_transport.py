@@ -317,6 +317,79 @@ def test_raw_frames_from_the_worker_and_protobuf_frames_reach_the_same_model(
         assert torch.equal(via_raw[name], via_proto[name])
 
 
+def _served(method: str) -> float:
+    labels = {"method": f"/tessera.v1.Aggregator/{method}", "code": "OK"}
+    return REGISTRY.get_sample_value("tessera_rpcs_total", labels) or 0.0
+
+
+def test_a_gradient_of_one_chunk_goes_in_one_message_and_reaches_the_model_a_stream_does(
+    aggregator: Server, agent: WorkerAgent
+) -> None:
+    # Prepare: two jobs with the same small spec (a 38 KB gradient), one fed by the worker and
+    # one by a PushGradient stream of the same gradient.
+    spec = _spec(hidden_sizes=[128], optimizer="sgd")
+    for job_id in ("small", "stream"):
+        _open(aggregator, job_id, spec)
+    link = agent._aggregator(aggregator.address)  # noqa: SLF001
+    weights = agent._fetch_model(link, _task(aggregator, "small", spec, 0))[1]  # noqa: SLF001
+    generator = torch.Generator().manual_seed(3)
+    gradient = {k: torch.randn(v.shape, generator=generator) for k, v in weights.items()}
+    encoded = encode_tensors(gradient)
+    header = aggregator_pb2.ContributionHeader(
+        job_id="stream", node_id="n", samples=1, tensors=specs_from_metas(encoded.metas)
+    )
+    frames = [aggregator_pb2.GradientFrame(header=header)]
+    frames += [aggregator_pb2.GradientFrame(chunk=bytes(p)) for p in encoded.payloads]
+    small_before, stream_before = _served("PushSmallGradient"), _served("PushGradient")
+    # Execute: the worker's push, then the same task again.
+    task = _task(aggregator, "small", spec, 0)
+    first = agent._push(link, task, 0, gradient, 1, 1.0)  # noqa: SLF001
+    again = agent._push(link, task, 0, gradient, 1, 1.0)  # noqa: SLF001
+    streamed = aggregator.stub.PushGradient(iter(frames), timeout=30)
+    for job_id in ("small", "stream"):
+        _close(aggregator, job_id, 0)
+    # Assert: the worker used the one-message RPC, with the stream's receipts and model.
+    assert _served("PushSmallGradient") - small_before == 2
+    assert _served("PushGradient") - stream_before == 1
+    assert first.status == streamed.status == aggregator_pb2.RECEIPT_STATUS_ACCEPTED
+    assert again.status == aggregator_pb2.RECEIPT_STATUS_DUPLICATE
+    assert first.bytes_received == streamed.bytes_received == encoded.total_bytes
+    _, via_small = aggregator.core.job("small").snapshot(0)
+    _, via_stream = aggregator.core.job("stream").snapshot(0)
+    for name in via_small:
+        assert torch.equal(via_small[name], via_stream[name])
+
+
+def test_malformed_one_message_gradients_get_invalid_argument(aggregator: Server) -> None:
+    spec = _spec(hidden_sizes=[4])
+    _open(aggregator, "bad", spec)
+    gradient = {
+        name: torch.zeros(p.shape)
+        for name, p in zoo.build_model("mlp", zoo.ModelSpec(64, 10, (4,))).state_dict().items()
+    }
+    encoded = encode_tensors(gradient)
+    header = aggregator_pb2.ContributionHeader(
+        job_id="bad", node_id="n", samples=1, tensors=specs_from_metas(encoded.metas)
+    )
+    payload = b"".join(encoded.payloads)
+    cases = {
+        "no header": aggregator_pb2.SmallGradient(payload=payload),
+        "short": aggregator_pb2.SmallGradient(header=header, payload=payload[:-4]),
+        "long": aggregator_pb2.SmallGradient(header=header, payload=payload + b"\0" * 4),
+    }
+    errors = {}
+    for case, request in cases.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            aggregator.stub.PushSmallGradient(request, timeout=5)
+        errors[case] = (caught.value.code(), str(caught.value.details()))
+    assert {case: code for case, (code, _) in errors.items()} == dict.fromkeys(
+        cases, grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert "carries a ContributionHeader" in errors["no header"][1]
+    assert f"after {len(payload) - 4} of {len(payload)} payload bytes" in errors["short"][1]
+    assert all(e.decision is not Decision.APPLIED for e in aggregator.core.ledger.entries("bad"))
+
+
 def test_concurrent_pushes_count_each_task_exactly_once_into_the_exact_mean(
     aggregator: Server, agent: WorkerAgent
 ) -> None:
