@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -281,40 +282,42 @@ def test_top_k_error_feedback_carries_what_was_dropped_into_the_next_rounds(
         assert not torch.allclose(arrived[name], once, atol=1e-3)
 
 
-def test_raw_frames_from_the_worker_and_protobuf_frames_reach_the_same_model(
-    aggregator: Server, agent: WorkerAgent
-) -> None:
-    # Prepare: two jobs with the same spec, one fed by the worker's raw frames and one by
-    # frames built with the generated protobuf classes.
-    spec = _spec(hidden_sizes=[300], optimizer="sgd")
-    for job_id in ("raw", "proto"):
+def _two_jobs_and_a_gradient(
+    aggregator: Server, agent: WorkerAgent, spec: common_pb2.JobSpec, jobs: tuple[str, str]
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Open ``jobs`` with ``spec``; the worker's link and a random gradient of the model."""
+    for job_id in jobs:
         _open(aggregator, job_id, spec)
     link = agent._aggregator(aggregator.address)  # noqa: SLF001
-    weights = agent._fetch_model(link, _task(aggregator, "raw", spec, 0))[1]  # noqa: SLF001
+    weights = agent._fetch_model(link, _task(aggregator, jobs[0], spec, 0))[1]  # noqa: SLF001
     generator = torch.Generator().manual_seed(5)
-    gradient = {k: torch.randn(v.shape, generator=generator) for k, v in weights.items()}
+    return link, {k: torch.randn(v.shape, generator=generator) for k, v in weights.items()}
+
+
+def _protobuf_push(
+    aggregator: Server, job_id: str, gradient: dict[str, torch.Tensor], chunk_bytes: int
+) -> aggregator_pb2.PushReceipt:
+    """Push ``gradient`` as a stream of frames built with the generated protobuf classes."""
     encoded = encode_tensors(gradient)
     header = aggregator_pb2.ContributionHeader(
-        job_id="proto", node_id="n", samples=1, tensors=specs_from_metas(encoded.metas)
+        job_id=job_id, node_id="n", samples=1, tensors=specs_from_metas(encoded.metas)
     )
     frames = [aggregator_pb2.GradientFrame(header=header)]
     frames += [
-        aggregator_pb2.GradientFrame(chunk=bytes(p)[i : i + 100_000])
+        aggregator_pb2.GradientFrame(chunk=bytes(p)[i : i + chunk_bytes])
         for p in encoded.payloads
-        for i in range(0, p.nbytes, 100_000)
+        for i in range(0, p.nbytes, chunk_bytes)
     ]
-    # Execute
-    raw_task = _task(aggregator, "raw", spec, 0)
-    raw = agent._push(link, raw_task, raw_task.model_version, gradient, 1, 1.0)  # noqa: SLF001
-    proto = aggregator.stub.PushGradient(iter(frames), timeout=30)
-    for job_id in ("raw", "proto"):
+    receipt: aggregator_pb2.PushReceipt = aggregator.stub.PushGradient(iter(frames), timeout=30)
+    return receipt
+
+
+def _same_model(aggregator: Server, jobs: tuple[str, str]) -> bool:
+    for job_id in jobs:
         _close(aggregator, job_id, 0)
-    # Assert
-    assert raw.status == proto.status == aggregator_pb2.RECEIPT_STATUS_ACCEPTED
-    _, via_raw = aggregator.core.job("raw").snapshot(0)
-    _, via_proto = aggregator.core.job("proto").snapshot(0)
-    for name in via_raw:
-        assert torch.equal(via_raw[name], via_proto[name])
+    _, first = aggregator.core.job(jobs[0]).snapshot(0)
+    _, second = aggregator.core.job(jobs[1]).snapshot(0)
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def _served(method: str) -> float:
@@ -322,42 +325,49 @@ def _served(method: str) -> float:
     return REGISTRY.get_sample_value("tessera_rpcs_total", labels) or 0.0
 
 
+def test_raw_frames_from_the_worker_and_protobuf_frames_reach_the_same_model(
+    aggregator: Server, agent: WorkerAgent
+) -> None:
+    # Prepare: two jobs with the same spec (a 1.5 MB gradient: two chunks), one fed by the
+    # worker's raw frames and one by frames built with the generated protobuf classes.
+    jobs = ("raw", "proto")
+    spec = _spec(hidden_sizes=[1000, 300], optimizer="sgd")
+    link, gradient = _two_jobs_and_a_gradient(aggregator, agent, spec, jobs)
+    streams_before = _served("PushGradient")
+    # Execute
+    raw = agent._push(link, _task(aggregator, "raw", spec, 0), 0, gradient, 1, 1.0)  # noqa: SLF001
+    proto = _protobuf_push(aggregator, "proto", gradient, 100_000)
+    # Assert
+    assert _served("PushGradient") - streams_before == 2
+    assert raw.status == proto.status == aggregator_pb2.RECEIPT_STATUS_ACCEPTED
+    assert _same_model(aggregator, jobs)
+
+
 def test_a_gradient_of_one_chunk_goes_in_one_message_and_reaches_the_model_a_stream_does(
     aggregator: Server, agent: WorkerAgent
 ) -> None:
     # Prepare: two jobs with the same small spec (a 38 KB gradient), one fed by the worker and
     # one by a PushGradient stream of the same gradient.
+    jobs = ("small", "stream")
     spec = _spec(hidden_sizes=[128], optimizer="sgd")
-    for job_id in ("small", "stream"):
-        _open(aggregator, job_id, spec)
-    link = agent._aggregator(aggregator.address)  # noqa: SLF001
-    weights = agent._fetch_model(link, _task(aggregator, "small", spec, 0))[1]  # noqa: SLF001
-    generator = torch.Generator().manual_seed(3)
-    gradient = {k: torch.randn(v.shape, generator=generator) for k, v in weights.items()}
-    encoded = encode_tensors(gradient)
-    header = aggregator_pb2.ContributionHeader(
-        job_id="stream", node_id="n", samples=1, tensors=specs_from_metas(encoded.metas)
-    )
-    frames = [aggregator_pb2.GradientFrame(header=header)]
-    frames += [aggregator_pb2.GradientFrame(chunk=bytes(p)) for p in encoded.payloads]
-    small_before, stream_before = _served("PushSmallGradient"), _served("PushGradient")
+    link, gradient = _two_jobs_and_a_gradient(aggregator, agent, spec, jobs)
+    small_before, streams_before = _served("PushSmallGradient"), _served("PushGradient")
     # Execute: the worker's push, then the same task again.
     task = _task(aggregator, "small", spec, 0)
     first = agent._push(link, task, 0, gradient, 1, 1.0)  # noqa: SLF001
     again = agent._push(link, task, 0, gradient, 1, 1.0)  # noqa: SLF001
-    streamed = aggregator.stub.PushGradient(iter(frames), timeout=30)
-    for job_id in ("small", "stream"):
-        _close(aggregator, job_id, 0)
+    streamed = _protobuf_push(aggregator, "stream", gradient, 1 << 20)
     # Assert: the worker used the one-message RPC, with the stream's receipts and model.
     assert _served("PushSmallGradient") - small_before == 2
-    assert _served("PushGradient") - stream_before == 1
+    assert _served("PushGradient") - streams_before == 1
     assert first.status == streamed.status == aggregator_pb2.RECEIPT_STATUS_ACCEPTED
     assert again.status == aggregator_pb2.RECEIPT_STATUS_DUPLICATE
-    assert first.bytes_received == streamed.bytes_received == encoded.total_bytes
-    _, via_small = aggregator.core.job("small").snapshot(0)
-    _, via_stream = aggregator.core.job("stream").snapshot(0)
-    for name in via_small:
-        assert torch.equal(via_small[name], via_stream[name])
+    assert (
+        first.bytes_received
+        == streamed.bytes_received
+        == 4 * sum(t.numel() for t in gradient.values())
+    )
+    assert _same_model(aggregator, jobs)
 
 
 def test_malformed_one_message_gradients_get_invalid_argument(aggregator: Server) -> None:
