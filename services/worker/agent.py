@@ -71,14 +71,15 @@ _SERVICE = aggregator_pb2.DESCRIPTOR.services_by_name["Aggregator"]
 _AGGREGATOR_PATIENCE = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class _AggregatorLink:
     """One aggregator's channel and the calls a worker makes on it.
 
     ``push`` sends already serialised ``GradientFrame``s (``chunk_frames`` writes each chunk's
     frame in one copy); ``push_small`` sends a payload of at most one chunk in one message
-    instead, and ``get_model`` yields chunks as views of the received messages
-    (``frame_parser``): the generated stub would copy each chunk two more times.
+    instead, when the aggregator has that RPC. ``get_model`` yields chunks as views of the
+    received messages (``frame_parser``). The generated stubs would copy each chunk two more
+    times.
     """
 
     push: grpc.StreamUnaryMultiCallable[bytes, aggregator_pb2.PushReceipt]
@@ -86,6 +87,8 @@ class _AggregatorLink:
         aggregator_pb2.SmallGradient, aggregator_pb2.PushReceipt
     ]
     get_model: grpc.UnaryStreamMultiCallable[aggregator_pb2.GetModelRequest, Any]
+    # False once the aggregator answered PushSmallGradient with UNIMPLEMENTED (an older version).
+    takes_small_pushes: bool = True
 
     @classmethod
     def open(
@@ -386,27 +389,34 @@ class WorkerAgent:
         )
         sent: list[int] = []  # payload bytes sent by each attempt
         deadline = 60 + encoded.total_bytes / _MIN_BYTES_PER_SECOND
-        if encoded.total_bytes <= CHUNK_BYTES:
-            # One message: a client stream costs a thread per call on each side of gRPC Python.
-            small = aggregator_pb2.SmallGradient(header=header, payload=b"".join(encoded.payloads))
+        # One message when it fits: a client stream costs a thread per call in gRPC Python.
+        small = (
+            aggregator_pb2.SmallGradient(header=header, payload=b"".join(encoded.payloads))
+            if encoded.total_bytes <= CHUNK_BYTES and aggregator.takes_small_pushes
+            else None
+        )
 
-            def send() -> aggregator_pb2.PushReceipt:
+        def frames() -> Iterator[bytes]:
+            sent.append(0)
+            yield aggregator_pb2.GradientFrame(header=header).SerializeToString()
+            for frame in chunk_frames(encoded.payloads, CHUNK_BYTES):
+                yield frame
+                # Runs when gRPC asks for the next frame, i.e. once this one has been sent.
+                sent[-1] += min(CHUNK_BYTES, encoded.total_bytes - sent[-1])
+
+        def send() -> aggregator_pb2.PushReceipt:
+            if small is not None and aggregator.takes_small_pushes:
                 sent.append(encoded.total_bytes)
-                return aggregator.push_small(small, timeout=deadline)
-
-        else:
-            first = aggregator_pb2.GradientFrame(header=header).SerializeToString()
-
-            def frames() -> Iterator[bytes]:
-                sent.append(0)
-                yield first
-                for frame in chunk_frames(encoded.payloads, CHUNK_BYTES):
-                    yield frame
-                    # Runs when gRPC asks for the next frame, i.e. once this one has been sent.
-                    sent[-1] += min(CHUNK_BYTES, encoded.total_bytes - sent[-1])
-
-            def send() -> aggregator_pb2.PushReceipt:
-                return aggregator.push(frames(), timeout=deadline)
+                try:
+                    return aggregator.push_small(small, timeout=deadline)
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+                # An aggregator older than PushSmallGradient: stream to it from now on.
+                sent.pop()
+                aggregator.takes_small_pushes = False
+                log.info("aggregator %s takes streamed pushes only", task.aggregator_address)
+            return aggregator.push(frames(), timeout=deadline)
 
         def attempt() -> aggregator_pb2.PushReceipt:
             try:

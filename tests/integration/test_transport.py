@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from services.aggregator.config import AggregatorConfig
 from services.aggregator.handlers import Aggregator
 from services.aggregator.ledger import Decision
 from services.aggregator.server import create_aggregator_server
+from services.aggregator.servicer import SERVICE, AggregatorServicer, aggregator_handlers
 from services.worker.agent import WorkerAgent
 from services.worker.config import WorkerConfig
 from tessera.ml import zoo
@@ -368,6 +370,49 @@ def test_a_gradient_of_one_chunk_goes_in_one_message_and_reaches_the_model_a_str
         == 4 * sum(t.numel() for t in gradient.values())
     )
     assert _same_model(aggregator, jobs)
+
+
+@pytest.fixture
+def older_aggregator() -> Iterator[Server]:
+    """An aggregator server as served before ``PushSmallGradient`` existed."""
+    core = Aggregator(max_payload_bytes=2 * 1024**3)
+    handlers = aggregator_handlers(AggregatorServicer(core))
+    del handlers["PushSmallGradient"]
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield Server(f"127.0.0.1:{port}", aggregator_pb2_grpc.AggregatorStub(channel), core)
+    channel.close()
+    server.stop(0).wait()
+    core.close()
+
+
+def test_a_worker_streams_to_an_aggregator_without_the_one_message_push(
+    older_aggregator: Server, agent: WorkerAgent
+) -> None:
+    spec = _spec(hidden_sizes=[16], tasks_per_round=2)
+    _open(older_aggregator, "old", spec)
+    link = agent._aggregator(older_aggregator.address)  # noqa: SLF001
+    task = _task(older_aggregator, "old", spec, 0)
+    weights = agent._fetch_model(link, task)[1]  # noqa: SLF001
+    gradient = {k: torch.ones_like(v) for k, v in weights.items()}
+    receipts = [
+        agent._push(link, task, 0, gradient, 1, 1.0),  # noqa: SLF001
+        agent._push(link, task, 0, gradient, 1, 1.0),  # noqa: SLF001
+    ]
+    assert [r.status for r in receipts] == [
+        aggregator_pb2.RECEIPT_STATUS_ACCEPTED,
+        aggregator_pb2.RECEIPT_STATUS_DUPLICATE,
+    ]
+    assert link.takes_small_pushes is False
+    applied = [
+        e for e in older_aggregator.core.ledger.entries("old") if e.decision is Decision.APPLIED
+    ]
+    assert len(applied) == 1
 
 
 def test_malformed_one_message_gradients_get_invalid_argument(aggregator: Server) -> None:
