@@ -1288,6 +1288,12 @@ def _run_server_stream(service: str, method: str) -> Callable[[FuzzContext, Case
     return run
 
 
+def _receipt_outcome(receipt: aggregator_pb2.PushReceipt) -> Outcome:
+    """A push's receipt as an outcome: its status, and its reason if it has one."""
+    status = aggregator_pb2.ReceiptStatus.Name(receipt.status)
+    return Outcome("OK", f"{status}: {receipt.reason[:200]}" if receipt.reason else status, 1)
+
+
 def _run_push(context: FuzzContext, case: Case) -> Outcome:
     plan: PushPlan = case.body
     resolver = Resolver(context, "aggregator")
@@ -1332,8 +1338,7 @@ def _run_push(context: FuzzContext, case: Case) -> Outcome:
         receipt = future.result()
     except grpc.RpcError as exc:
         return _outcome(exc)
-    status = aggregator_pb2.ReceiptStatus.Name(receipt.status)
-    return Outcome("OK", f"{status}: {receipt.reason[:200]}" if receipt.reason else status, 1)
+    return _receipt_outcome(receipt)
 
 
 def _run_small_push(context: FuzzContext, case: Case) -> Outcome:
@@ -1360,8 +1365,7 @@ def _run_small_push(context: FuzzContext, case: Case) -> Outcome:
         receipt = call(request, timeout=UNARY_DEADLINE, metadata=metadata)
     except grpc.RpcError as exc:
         return _outcome(exc)
-    status = aggregator_pb2.ReceiptStatus.Name(receipt.status)
-    return Outcome("OK", f"{status}: {receipt.reason[:200]}" if receipt.reason else status, 1)
+    return _receipt_outcome(receipt)
 
 
 def _run_undecodable(service: str) -> Callable[[FuzzContext, Case], Outcome]:
